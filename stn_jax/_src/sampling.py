@@ -1,0 +1,262 @@
+"""The differentiable sampler: reads ``U`` at the points of a grid with a kernel."""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from stn_jax._src import batching, dtypes, grids
+from stn_jax._src import kernels as kernels_lib
+
+PADDING_MODES = ("zeros", "border", "reflection")
+
+# Coordinates are clamped to +-2**24 pixels before any integer cast: far beyond any image,
+# so the clamp never changes a result that means anything, and int32 indices cannot
+# overflow whatever the input (1e30, inf).
+_COORD_LIMIT = float(2**24)
+
+
+def sample(
+    U: ArrayLike,
+    grid: ArrayLike,
+    kernel: "str | kernels_lib.Kernel" = "bilinear",
+    *,
+    padding_mode: str = "zeros",
+    align_corners: bool = False,
+) -> jax.Array:
+  r"""Samples ``U`` at the points of ``grid``, like ``torch.nn.functional.grid_sample``.
+
+  .. math::
+
+    V_i^c = \sum_n \sum_m U_{nm}^c \, k(x_i - m) \, k(y_i - n)
+
+  with ``(x_i, y_i)`` the ``i``-th grid point in input pixels.
+
+  Kernels:
+
+  * ``"nearest"``: the pixel at ``round(x), round(y)`` (round half to even, as PyTorch).
+  * ``"bilinear"``: ``k(d) = max(0, 1 - |d|)``.
+  * ``"bicubic"``: Keys' cubic convolution with ``a = -0.75`` (PyTorch's).
+  * a :class:`stn_jax.Kernel`: any separable kernel, e.g. from :mod:`stn_jax.kernels`.
+
+  For the first three, values and gradients (w.r.t. ``U`` and ``grid``) equal PyTorch's
+  ``grid_sample`` with the same ``mode``, ``padding_mode`` and ``align_corners``.
+
+  Padding (PyTorch's rules): ``"zeros"`` reads 0 outside the image; ``"border"`` clamps;
+  ``"reflection"`` reflects about the image's edges (its pixel centres with
+  ``align_corners=True``, its outer edges with False). ``"nearest"`` and ``"bilinear"``
+  pad the coordinate and then interpolate; ``"bicubic"`` and :class:`stn_jax.Kernel` pad
+  each tap.
+
+  Non-finite and huge coordinates (where this departs from PyTorch, which returns NaN):
+  a NaN coordinate reads 0 in every padding mode; ``+-inf`` reads 0 under ``"zeros"`` and
+  ``"reflection"`` (no reflected position exists) and the edge under ``"border"``;
+  coordinates are clamped to ``+-2**24`` pixels before any integer cast, so nothing
+  overflows or reads out of bounds. Gradients at such points are 0; for finite coordinates
+  outputs and gradients are finite.
+
+  Dtypes: coordinates and weights are computed in the promoted float dtype of ``U`` and
+  ``grid``, at least float32 (float64 stays float64 with x64 on; bfloat16/float16 data is
+  interpolated in float32). The output has ``U``'s dtype. Integer and bool images work with
+  ``"nearest"`` only (it copies values, so the dtype is kept); the interpolating kernels
+  raise a ``TypeError`` saying to cast. An image with ``H == 0`` or ``W == 0`` samples 0.
+
+  Convention:
+    ``U`` is ``(..., H, W, C)`` (channels-last). ``grid[..., 0]`` is x (along ``W``),
+    ``grid[..., 1]`` is y (along ``H``), normalised so that ``[-1, 1]`` spans ``U``
+    (``align_corners=False``: -1 and 1 are the outer edges of the corner pixels; True:
+    their centres). Pull sampling: ``V[..., i, j, :]`` reads ``U`` at ``grid[..., i, j]``.
+    Leading dims of ``U`` and ``grid`` broadcast. PyTorch equivalent:
+    ``grid_sample(U.permute(0, 3, 1, 2), grid, ...).permute(0, 2, 3, 1)``.
+
+  Args:
+    U: ``(..., H, W, C)`` feature map.
+    grid: ``(..., Ho, Wo, 2)`` normalised sampling points, e.g. from
+      :func:`stn_jax.make_grid`.
+    kernel: ``"nearest"``, ``"bilinear"``, ``"bicubic"`` or a :class:`stn_jax.Kernel`.
+    padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"``.
+    align_corners: PyTorch's meaning; use the same value as for the grid.
+
+  Returns:
+    ``(..., Ho, Wo, C)`` array of ``U``'s dtype.
+
+  >>> U = jnp.arange(6.0).reshape(2, 3, 1)
+  >>> grid = jnp.array([[[0.0, 0.0], [-1.0, -1.0]]])   # the centre; the top-left corner
+  >>> sample(U, grid)[..., 0]
+  Array([[2.5 , 0.  ]], dtype=float32)
+  >>> sample(U, grid, padding_mode="border")[..., 0]
+  Array([[2.5, 0. ]], dtype=float32)
+  """
+  if padding_mode not in PADDING_MODES:
+    raise ValueError(f"unknown padding_mode {padding_mode!r}; expected one of {PADDING_MODES}.")
+  kernel = kernels_lib.resolve(kernel)
+  U = jnp.asarray(U)
+  grid = jnp.asarray(grid)
+  if U.ndim < 3:
+    raise ValueError(f"U must have shape (..., H, W, C) (channels-last); got {U.shape}.")
+  if grid.ndim < 3 or grid.shape[-1] != 2:
+    raise ValueError(f"grid must have shape (..., Ho, Wo, 2) holding (x, y); got {grid.shape}.")
+
+  image_is_float = jnp.issubdtype(U.dtype, jnp.floating)
+  if not image_is_float and not jnp.issubdtype(U.dtype, jnp.complexfloating) and kernel != "nearest":
+    name = kernel if isinstance(kernel, str) else "a Kernel"
+    raise TypeError(
+        f"kernel {name!r} interpolates, so U must be a float array; got dtype {U.dtype}. "
+        "Cast it first (U.astype(jnp.float32)) or use kernel='nearest', which keeps the dtype."
+    )
+  if image_is_float:
+    compute = dtypes.float_dtype(U.dtype, grid.dtype, name="U and grid")
+  else:
+    dtypes.float_dtype(U.dtype, name="U")  # rejects complex
+    compute = dtypes.float_dtype(grid.dtype, name="grid")
+
+  def core(u: jax.Array, g: jax.Array) -> jax.Array:
+    return _sample_one(u, g.astype(compute), kernel, padding_mode, align_corners)
+
+  return batching.vmap_leading(core, [U, grid], [3, 3], ["U", "grid"])
+
+
+def warp(
+    U: ArrayLike,
+    theta: ArrayLike,
+    transform: str = "affine",
+    *,
+    shape: Sequence[int] | None = None,
+    kernel: "str | kernels_lib.Kernel" = "bilinear",
+    padding_mode: str = "zeros",
+    align_corners: bool = False,
+    control_points: ArrayLike | None = None,
+) -> jax.Array:
+  """Warps ``U`` by ``theta``: :func:`make_grid` then :func:`sample`.
+
+  Convention:
+    As in :func:`stn_jax.make_grid` and :func:`stn_jax.sample`; ``shape`` defaults to
+    ``U``'s ``(H, W)``.
+
+  Args:
+    U: ``(..., H, W, C)`` feature map.
+    theta: transformation parameters, leading dims matching ``U``'s.
+    transform: ``"affine"``, ``"attention"``, ``"projective"`` or ``"tps"``.
+    shape: the output's ``(Ho, Wo)``.
+    kernel: as in :func:`stn_jax.sample`.
+    padding_mode: as in :func:`stn_jax.sample`.
+    align_corners: used for both the grid and the sampling.
+    control_points: TPS sources, as in :func:`stn_jax.make_grid`.
+
+  Returns:
+    ``(..., Ho, Wo, C)``.
+
+  >>> U = jnp.arange(16.0).reshape(4, 4, 1)
+  >>> flip_x = jnp.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+  >>> warp(U, flip_x)[0, :, 0]
+  Array([3., 2., 1., 0.], dtype=float32)
+  """
+  U = jnp.asarray(U)
+  if shape is None:
+    if U.ndim < 3:
+      raise ValueError(f"U must have shape (..., H, W, C) (channels-last); got {U.shape}.")
+    shape = U.shape[-3:-1]
+  grid = grids.make_grid(
+      theta, shape, transform, align_corners=align_corners, control_points=control_points
+  )
+  return sample(U, grid, kernel, padding_mode=padding_mode, align_corners=align_corners)
+
+
+def _sample_one(
+    u: jax.Array,
+    g: jax.Array,
+    kernel: "str | kernels_lib.Kernel",
+    padding_mode: str,
+    align_corners: bool,
+) -> jax.Array:
+  """One example: ``u`` is ``(H, W, C)``, ``g`` is ``(Ho, Wo, 2)`` in the compute dtype."""
+  h, w, c = u.shape
+  ho, wo, _ = g.shape
+  if h == 0 or w == 0:
+    return jnp.zeros((ho, wo, c), u.dtype)
+
+  x = grids.unnormalize(g[..., 0], w, align_corners)
+  y = grids.unnormalize(g[..., 1], h, align_corners)
+  unreadable = jnp.isnan(x) | jnp.isnan(y)
+  if padding_mode == "reflection":
+    unreadable |= jnp.isinf(x) | jnp.isinf(y)
+  x = _clamp(jnp.where(unreadable, jnp.zeros_like(x), x), -_COORD_LIMIT, _COORD_LIMIT)
+  y = _clamp(jnp.where(unreadable, jnp.zeros_like(y), y), -_COORD_LIMIT, _COORD_LIMIT)
+
+  if kernel == "nearest" or kernel == "bilinear":
+    # PyTorch pads the coordinate, then interpolates with zero-padded taps.
+    x = _pad(x, w, padding_mode, align_corners)
+    y = _pad(y, h, padding_mode, align_corners)
+    if kernel == "nearest":
+      # Round half to even: PyTorch's std::nearbyint.
+      xs, ys = jnp.round(x)[..., None], jnp.round(y)[..., None]
+      wx = wy = None
+    else:
+      x0, y0 = jnp.floor(x), jnp.floor(y)
+      xs = jnp.stack([x0, x0 + 1], -1)
+      ys = jnp.stack([y0, y0 + 1], -1)
+      wx = jnp.stack([x0 + 1 - x, x - x0], -1)
+      wy = jnp.stack([y0 + 1 - y, y - y0], -1)
+    ix, valid_x = _in_bounds(xs, w)
+    iy, valid_y = _in_bounds(ys, h)
+  else:
+    # Per-tap padding: taps floor(x) + j cover every m with |x - m| < radius.
+    r = kernel.taps // 2
+    offsets = jnp.arange(1 - r, r + 1, dtype=x.dtype)
+    xs = jnp.floor(x)[..., None] + offsets[None, None, :]
+    ys = jnp.floor(y)[..., None] + offsets[None, None, :]
+    wx = kernel(x[..., None] - xs)
+    wy = kernel(y[..., None] - ys)
+    ix, valid_x = _in_bounds(_pad(xs, w, padding_mode, align_corners), w)
+    iy, valid_y = _in_bounds(_pad(ys, h, padding_mode, align_corners), h)
+
+  # Gather whole channel vectors: one (Ho, Wo, Ty, Tx) index array into (H * W, C).
+  flat = iy[..., :, None] * w + ix[..., None, :]
+  valid = valid_y[..., :, None] & valid_x[..., None, :] & ~unreadable[..., None, None]
+  values = jnp.take(u.reshape(h * w, c), flat, axis=0, mode="clip")
+  values = jnp.where(valid[..., None], values, jnp.zeros((), u.dtype))
+  if wx is None:
+    return values[:, :, 0, 0, :]
+  weights = wy[..., :, None] * wx[..., None, :]
+  weights = jnp.where(valid, weights, jnp.zeros_like(weights))
+  out = jnp.einsum("hwab,hwabc->hwc", weights, values.astype(weights.dtype))
+  return out.astype(u.dtype)
+
+
+def _clamp(v: jax.Array, low: float, high: float) -> jax.Array:
+  """Clamp whose gradient is 0 at and beyond the bounds (PyTorch's clip_coordinates)."""
+  return jnp.where(v <= low, jnp.full_like(v, low), jnp.where(v >= high, jnp.full_like(v, high), v))
+
+
+def _reflect(v: jax.Array, twice_low: int, twice_high: int) -> jax.Array:
+  """Reflects ``v`` into ``[twice_low / 2, twice_high / 2]`` (PyTorch's reflect_coordinates)."""
+  if twice_low == twice_high:
+    return jnp.zeros_like(v)
+  low = twice_low / 2
+  span = (twice_high - twice_low) / 2
+  v = jnp.abs(v - low)
+  extra = jnp.fmod(v, span)
+  flips = jnp.floor(v / span)
+  return jnp.where(jnp.fmod(flips, 2) == 0, extra + low, span - extra + low)
+
+
+def _pad(v: jax.Array, size: int, padding_mode: str, align_corners: bool) -> jax.Array:
+  """Maps a pixel coordinate into the image per ``padding_mode`` (PyTorch's rules)."""
+  if padding_mode == "border":
+    return _clamp(v, 0, size - 1)
+  if padding_mode == "reflection":
+    if align_corners:
+      v = _reflect(v, 0, 2 * (size - 1))
+    else:
+      v = _reflect(v, -1, 2 * size - 1)
+    return _clamp(v, 0, size - 1)
+  return v
+
+
+def _in_bounds(positions: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+  """Integer tap indices, clipped into ``[0, size)``, and whether they were inside."""
+  valid = (positions >= 0) & (positions <= size - 1)
+  index = jnp.clip(positions, 0, size - 1).astype(np.int32)
+  return index, valid
