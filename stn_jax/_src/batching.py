@@ -7,10 +7,10 @@ import jax.numpy as jnp
 
 
 def vmap_leading(
-    fn: Callable[..., jax.Array],
-    args: Sequence[jax.Array],
-    core_ndims: Sequence[int],
-    names: Sequence[str],
+  fn: Callable[..., jax.Array],
+  args: Sequence[jax.Array],
+  core_ndims: Sequence[int],
+  names: Sequence[str],
 ) -> jax.Array:
   """Applies per-example ``fn`` to ``args`` whose leading dimensions broadcast.
 
@@ -25,10 +25,13 @@ def vmap_leading(
   except ValueError:
     got = ", ".join(f"{n} {s}" for n, s in zip(names, batch_shapes, strict=True))
     raise ValueError(
-        f"leading (batch) dimensions must be equal or broadcast; got {got}. "
-        "Give the inputs the same leading dimensions, or leave them off one of them."
+      f"leading (batch) dimensions must be equal or broadcast; got {got}. "
+      "Give the inputs the same leading dimensions, or leave them off one of them."
     ) from None
-  padded = [a.reshape((1,) * (len(batch) - len(s)) + a.shape) for a, s in zip(args, batch_shapes)]
+  padded = [
+    a.reshape((1,) * (len(batch) - len(s)) + a.shape)
+    for a, s in zip(args, batch_shapes, strict=True)
+  ]
   return _apply(fn, padded, len(batch))
 
 
@@ -40,6 +43,8 @@ def _apply(fn: Callable[..., jax.Array], args: list[jax.Array], depth: int) -> j
     return _apply(fn, [a[0] for a in args], depth - 1)[None]
 
   def one(*xs: jax.Array) -> jax.Array:
-    return _apply(fn, [x if ax == 0 else x[0] for x, ax in zip(xs, in_axes)], depth - 1)
+    return _apply(
+      fn, [x if ax == 0 else x[0] for x, ax in zip(xs, in_axes, strict=True)], depth - 1
+    )
 
   return jax.vmap(one, in_axes=in_axes)(*args)

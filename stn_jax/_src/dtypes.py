@@ -14,8 +14,8 @@ def float_dtype(*dtypes: np.dtype, name: str) -> np.dtype:
   for dt in dtypes:
     if dt == np.bool_ or jnp.issubdtype(dt, jnp.complexfloating):
       raise TypeError(
-          f"{name} must be a real number array; got dtype {dt}. Cast it to a float dtype "
-          "(for complex data, transform the real and imaginary parts separately)."
+        f"{name} must be a real number array; got dtype {dt}. Cast it to a float dtype "
+        "(for complex data, transform the real and imaginary parts separately)."
       )
   out = jnp.promote_types(jnp.float32, jnp.result_type(*dtypes))
   if not jnp.issubdtype(out, jnp.floating):

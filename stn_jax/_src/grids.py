@@ -58,7 +58,7 @@ def base_grid(shape: tuple[int, int], align_corners: bool) -> np.ndarray:
 
 
 def normalized_to_pixel(
-    xy: ArrayLike, shape: Sequence[int], *, align_corners: bool = False
+  xy: ArrayLike, shape: Sequence[int], *, align_corners: bool = False
 ) -> jax.Array:
   """Converts normalised ``(x, y)`` in ``[-1, 1]`` to pixel coordinates of an image.
 
@@ -82,13 +82,13 @@ def normalized_to_pixel(
   xy = _as_float_points(xy, "xy")
   h, w = _check_shape(shape, "shape")
   return jnp.stack(
-      [unnormalize(xy[..., 0], w, align_corners), unnormalize(xy[..., 1], h, align_corners)],
-      axis=-1,
+    [unnormalize(xy[..., 0], w, align_corners), unnormalize(xy[..., 1], h, align_corners)],
+    axis=-1,
   )
 
 
 def pixel_to_normalized(
-    xy: ArrayLike, shape: Sequence[int], *, align_corners: bool = False
+  xy: ArrayLike, shape: Sequence[int], *, align_corners: bool = False
 ) -> jax.Array:
   """Converts pixel coordinates ``(column, row)`` to normalised ``(x, y)``.
 
@@ -121,7 +121,7 @@ def pixel_to_normalized(
 
 
 def identity_theta(
-    transform: str = "affine", *, control_points: ArrayLike | None = None, dtype=jnp.float32
+  transform: str = "affine", *, control_points: ArrayLike | None = None, dtype=jnp.float32
 ) -> jax.Array:
   """The ``theta`` for which :func:`make_grid` gives the identity grid.
 
@@ -179,8 +179,8 @@ def _to_matrix(theta: ArrayLike, name: str) -> tuple[jax.Array, bool]:
   if theta.shape[-2:] == (3, 3):
     return theta, False
   raise ValueError(
-      f"{name} must be an affine (..., 2, 3) or projective (..., 3, 3) theta; got shape "
-      f"{theta.shape}. Convert attention parameters with attention_to_affine first."
+    f"{name} must be an affine (..., 2, 3) or projective (..., 3, 3) theta; got shape "
+    f"{theta.shape}. Convert attention parameters with attention_to_affine first."
   )
 
 
@@ -238,13 +238,13 @@ def invert(theta: ArrayLike) -> jax.Array:
 
 
 def make_grid(
-    theta: ArrayLike,
-    shape: Sequence[int],
-    transform: str = "affine",
-    *,
-    align_corners: bool = False,
-    control_points: ArrayLike | None = None,
-    smoothing: float = 0.0,
+  theta: ArrayLike,
+  shape: Sequence[int],
+  transform: str = "affine",
+  *,
+  align_corners: bool = False,
+  control_points: ArrayLike | None = None,
+  smoothing: float = 0.0,
 ) -> jax.Array:
   r"""Builds the normalised sampling grid of a transform, like ``torch.nn.functional.affine_grid``.
 
@@ -308,8 +308,8 @@ def make_grid(
     smoothing = _check_smoothing(smoothing)
     sources = _static_control_points(control_points)
     weights = jnp.asarray(
-        _tps_weights(sources.tobytes(), sources.shape[0], out_shape, align_corners, smoothing),
-        theta.dtype,
+      _tps_weights(sources.tobytes(), sources.shape[0], out_shape, align_corners, smoothing),
+      theta.dtype,
     )
 
     def core(t: jax.Array) -> jax.Array:
@@ -346,9 +346,7 @@ def _check_shape(shape: Sequence[int], name: str) -> tuple[int, int]:
   try:
     h, w = (int(_as_int(s)) for s in shape)
   except (TypeError, ValueError):
-    raise ValueError(
-        f"{name} must be a pair of non-negative ints (H, W); got {shape!r}."
-    ) from None
+    raise ValueError(f"{name} must be a pair of non-negative ints (H, W); got {shape!r}.") from None
   if h < 0 or w < 0:
     raise ValueError(f"{name} must be a pair of non-negative ints (H, W); got {shape!r}.")
   return h, w
@@ -382,7 +380,7 @@ def _as_float_points(xy: ArrayLike, name: str) -> jax.Array:
 
 
 def _as_theta(
-    theta: ArrayLike, transform: str, control_points: ArrayLike | None = None
+  theta: ArrayLike, transform: str, control_points: ArrayLike | None = None
 ) -> jax.Array:
   theta = jnp.asarray(theta)
   theta = theta.astype(dtypes.float_dtype(theta.dtype, name="theta"))
@@ -395,7 +393,7 @@ def _as_theta(
     ok = theta.shape[theta.ndim - len(trailing) :] == trailing and theta.ndim >= len(trailing)
   if not ok:
     raise ValueError(
-        f"theta for transform={transform!r} must have shape {expected}; got {theta.shape}."
+      f"theta for transform={transform!r} must have shape {expected}; got {theta.shape}."
     )
   return theta
 
@@ -405,8 +403,8 @@ def _static_control_points(control_points: ArrayLike | None) -> np.ndarray:
     return default_control_points()
   if isinstance(control_points, jax.core.Tracer):
     raise TypeError(
-        "control_points must be concrete (a NumPy array or list), not traced: the TPS "
-        "system is solved once per set of sources. Learn the targets (theta) instead."
+      "control_points must be concrete (a NumPy array or list), not traced: the TPS "
+      "system is solved once per set of sources. Learn the targets (theta) instead."
     )
   points = np.asarray(control_points, dtype=np.float64)
   if points.ndim != 2 or points.shape[1] != 2:
@@ -421,13 +419,13 @@ def _static_control_points(control_points: ArrayLike | None) -> np.ndarray:
   if dist.min() <= 1e-9 * scale:
     i, j = np.unravel_index(np.argmin(dist), dist.shape)
     raise ValueError(
-        f"control_points must be distinct; points {i} and {j} coincide at {points[i]}."
+      f"control_points must be distinct; points {i} and {j} coincide at {points[i]}."
     )
   centred = points - points.mean(axis=0)
   if np.linalg.matrix_rank(centred, tol=1e-9 * scale) < 2:
     raise ValueError(
-        "control_points are all collinear, so the TPS's affine part is undetermined; "
-        "use points that span the plane (e.g. the default 4x4 lattice)."
+      "control_points are all collinear, so the TPS's affine part is undetermined; "
+      "use points that span the plane (e.g. the default 4x4 lattice)."
     )
   return points
 
@@ -439,7 +437,7 @@ def _tps_phi(r2: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=64)
 def _tps_weights(
-    sources_bytes: bytes, k: int, shape: tuple[int, int], align_corners: bool, smoothing: float
+  sources_bytes: bytes, k: int, shape: tuple[int, int], align_corners: bool, smoothing: float
 ) -> np.ndarray:
   """``(Ho * Wo, K)`` matrix ``M`` with ``grid = M @ targets`` (float64, cached)."""
   sources = np.frombuffer(sources_bytes, dtype=np.float64).reshape(k, 2)

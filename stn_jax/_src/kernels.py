@@ -49,8 +49,8 @@ class Kernel:
       raise TypeError(f"Kernel fn must be callable; got {type(self.fn).__name__}.")
     if isinstance(self.radius, jax.core.Tracer):
       raise TypeError(
-          "Kernel radius must be a concrete Python number (it fixes the number of taps); "
-          "got a traced value. Make learnable parameters part of fn, not of radius."
+        "Kernel radius must be a concrete Python number (it fixes the number of taps); "
+        "got a traced value. Make learnable parameters part of fn, not of radius."
       )
     radius = float(np.asarray(self.radius))
     if not (math.isfinite(radius) and radius > 0):
@@ -152,8 +152,8 @@ def gaussian(sigma: ArrayLike, radius: float | None = None) -> Kernel:
   if radius is None:
     if isinstance(sigma, jax.core.Tracer):
       raise TypeError(
-          "gaussian(sigma) with a traced sigma needs an explicit static radius, e.g. "
-          "gaussian(sigma, radius=4)."
+        "gaussian(sigma) with a traced sigma needs an explicit static radius, e.g. "
+        "gaussian(sigma, radius=4)."
       )
     s = float(np.asarray(sigma))
     if not (math.isfinite(s) and s > 0):
@@ -183,12 +183,11 @@ def resolve(kernel: "str | Kernel") -> "str | Kernel":
     if kernel in ("nearest", "bilinear"):
       return kernel
     raise ValueError(
-        f"unknown kernel {kernel!r}; expected one of {INTERPOLATION_MODES} or a "
-        "stn_jax.Kernel(fn, radius)."
+      f"unknown kernel {kernel!r}; expected one of {INTERPOLATION_MODES} or a "
+      "stn_jax.Kernel(fn, radius)."
     )
   raise TypeError(
-      f"kernel must be one of {INTERPOLATION_MODES} or a stn_jax.Kernel; "
-      f"got {type(kernel).__name__}."
+    f"kernel must be one of {INTERPOLATION_MODES} or a stn_jax.Kernel; got {type(kernel).__name__}."
   )
 
 

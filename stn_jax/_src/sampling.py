@@ -19,12 +19,12 @@ _COORD_LIMIT = float(2**24)
 
 
 def sample(
-    U: ArrayLike,
-    grid: ArrayLike,
-    kernel: "str | kernels_lib.Kernel" = "bilinear",
-    *,
-    padding_mode: str = "zeros",
-    align_corners: bool = False,
+  U: ArrayLike,
+  grid: ArrayLike,
+  kernel: "str | kernels_lib.Kernel" = "bilinear",
+  *,
+  padding_mode: str = "zeros",
+  align_corners: bool = False,
 ) -> jax.Array:
   r"""Samples ``U`` at the points of ``grid``, like ``torch.nn.functional.grid_sample``.
 
@@ -100,11 +100,12 @@ def sample(
     raise ValueError(f"grid must have shape (..., Ho, Wo, 2) holding (x, y); got {grid.shape}.")
 
   image_is_float = jnp.issubdtype(U.dtype, jnp.floating)
-  if not image_is_float and not jnp.issubdtype(U.dtype, jnp.complexfloating) and kernel != "nearest":
+  image_is_complex = jnp.issubdtype(U.dtype, jnp.complexfloating)
+  if not (image_is_float or image_is_complex) and kernel != "nearest":
     name = kernel if isinstance(kernel, str) else "a Kernel"
     raise TypeError(
-        f"kernel {name!r} interpolates, so U must be a float array; got dtype {U.dtype}. "
-        "Cast it first (U.astype(jnp.float32)) or use kernel='nearest', which keeps the dtype."
+      f"kernel {name!r} interpolates, so U must be a float array; got dtype {U.dtype}. "
+      "Cast it first (U.astype(jnp.float32)) or use kernel='nearest', which keeps the dtype."
     )
   if image_is_float:
     compute = dtypes.float_dtype(U.dtype, grid.dtype, name="U and grid")
@@ -119,15 +120,15 @@ def sample(
 
 
 def warp(
-    U: ArrayLike,
-    theta: ArrayLike,
-    transform: str = "affine",
-    *,
-    shape: Sequence[int] | None = None,
-    kernel: "str | kernels_lib.Kernel" = "bilinear",
-    padding_mode: str = "zeros",
-    align_corners: bool = False,
-    control_points: ArrayLike | None = None,
+  U: ArrayLike,
+  theta: ArrayLike,
+  transform: str = "affine",
+  *,
+  shape: Sequence[int] | None = None,
+  kernel: "str | kernels_lib.Kernel" = "bilinear",
+  padding_mode: str = "zeros",
+  align_corners: bool = False,
+  control_points: ArrayLike | None = None,
 ) -> jax.Array:
   """Warps ``U`` by ``theta``: :func:`make_grid` then :func:`sample`.
 
@@ -159,17 +160,17 @@ def warp(
       raise ValueError(f"U must have shape (..., H, W, C) (channels-last); got {U.shape}.")
     shape = U.shape[-3:-1]
   grid = grids.make_grid(
-      theta, shape, transform, align_corners=align_corners, control_points=control_points
+    theta, shape, transform, align_corners=align_corners, control_points=control_points
   )
   return sample(U, grid, kernel, padding_mode=padding_mode, align_corners=align_corners)
 
 
 def _sample_one(
-    u: jax.Array,
-    g: jax.Array,
-    kernel: "str | kernels_lib.Kernel",
-    padding_mode: str,
-    align_corners: bool,
+  u: jax.Array,
+  g: jax.Array,
+  kernel: "str | kernels_lib.Kernel",
+  padding_mode: str,
+  align_corners: bool,
 ) -> jax.Array:
   """One example: ``u`` is ``(H, W, C)``, ``g`` is ``(Ho, Wo, 2)`` in the compute dtype."""
   h, w, c = u.shape
