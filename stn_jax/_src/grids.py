@@ -232,7 +232,7 @@ def invert(theta: ArrayLike) -> jax.Array:
   m, affine = _to_matrix(theta, "theta")
   if affine:
     a_inv = jnp.linalg.inv(m[..., :2, :2])
-    t = -jnp.matmul(a_inv, m[..., :2, 2:])
+    t = 0.0 - jnp.matmul(a_inv, m[..., :2, 2:])  # 0.0 - x: no negative zeros
     return jnp.concatenate([a_inv, t], axis=-1)
   return jnp.linalg.inv(m)
 
@@ -294,8 +294,8 @@ def make_grid(
 
   >>> grid = make_grid(jnp.eye(2, 3), (2, 3))
   >>> grid[..., 0]
-  Array([[-0.6666666,  0.       ,  0.6666666],
-         [-0.6666666,  0.       ,  0.6666666]], dtype=float32)
+  Array([[-0.6666667,  0.       ,  0.6666667],
+         [-0.6666667,  0.       ,  0.6666667]], dtype=float32)
   """
   _check_transform(transform)
   out_shape = _check_shape(shape, "shape")

@@ -82,12 +82,12 @@ def sample(
   Returns:
     ``(..., Ho, Wo, C)`` array of ``U``'s dtype.
 
-  >>> U = jnp.arange(6.0).reshape(2, 3, 1)
+  >>> U = jnp.arange(1.0, 7.0).reshape(2, 3, 1)   # [[1, 2, 3], [4, 5, 6]]
   >>> grid = jnp.array([[[0.0, 0.0], [-1.0, -1.0]]])   # the centre; the top-left corner
   >>> sample(U, grid)[..., 0]
-  Array([[2.5 , 0.  ]], dtype=float32)
+  Array([[3.5 , 0.25]], dtype=float32)
   >>> sample(U, grid, padding_mode="border")[..., 0]
-  Array([[2.5, 0. ]], dtype=float32)
+  Array([[3.5, 1. ]], dtype=float32)
   """
   if padding_mode not in PADDING_MODES:
     raise ValueError(f"unknown padding_mode {padding_mode!r}; expected one of {PADDING_MODES}.")
