@@ -1,0 +1,255 @@
+"""make_grid and the transform helpers: exact geometry, numpy oracles, batching, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TOLERANCES
+
+import stn_jax
+
+TOL = TOLERANCES[np.dtype(np.float64)]
+SHAPES = [(5, 7), (1, 4), (3, 1)]
+
+
+def pixel_centres(n, align_corners):
+  """Normalised pixel centres written independently of the library (PyTorch's rule)."""
+  if n == 1:
+    return np.zeros(1)
+  if align_corners:
+    return np.linspace(-1, 1, n)
+  return np.linspace(-1, 1, n) * (n - 1) / n
+
+
+def numpy_base(shape, align_corners):
+  gx, gy = np.meshgrid(pixel_centres(shape[1], align_corners), pixel_centres(shape[0], align_corners))
+  return gx, gy
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_identity_theta_gives_base_grid_for_every_transform(shape, align_corners):
+  gx, gy = numpy_base(shape, align_corners)
+  for transform in stn_jax.TRANSFORMS:
+    theta = stn_jax.identity_theta(transform, dtype=jnp.float64)
+    grid = stn_jax.make_grid(theta, shape, transform, align_corners=align_corners)
+    assert grid.shape == shape + (2,) and grid.dtype == jnp.float64
+    np.testing.assert_allclose(grid[..., 0], gx, **TOL, err_msg=transform)
+    np.testing.assert_allclose(grid[..., 1], gy, **TOL, err_msg=transform)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_affine_matches_numpy_formula(rng, align_corners):
+  theta = rng.normal(size=(3, 2, 3))
+  grid = stn_jax.make_grid(theta, (4, 6), align_corners=align_corners)
+  gx, gy = numpy_base((4, 6), align_corners)
+  points = np.stack([gx, gy, np.ones_like(gx)], -1)
+  expected = np.einsum("hwk,nik->nhwi", points, theta)
+  np.testing.assert_allclose(grid, expected, **TOL)
+
+
+def test_attention_equals_its_affine(rng):
+  theta = rng.normal(size=(2, 3))
+  a = stn_jax.make_grid(theta, (5, 4), "attention")
+  b = stn_jax.make_grid(stn_jax.attention_to_affine(theta), (5, 4), "affine")
+  np.testing.assert_allclose(a, b, **TOL)
+  s, tx, ty = theta[0]
+  np.testing.assert_allclose(stn_jax.attention_to_affine(theta[0]), [[s, 0, tx], [0, s, ty]])
+
+
+def test_projective_matches_numpy_formula(rng):
+  h = np.eye(3) + 0.2 * rng.normal(size=(2, 3, 3))
+  grid = stn_jax.make_grid(h, (6, 5), "projective")
+  gx, gy = numpy_base((6, 5), False)
+  for b in range(2):
+    den = h[b, 2, 0] * gx + h[b, 2, 1] * gy + h[b, 2, 2]
+    xs = (h[b, 0, 0] * gx + h[b, 0, 1] * gy + h[b, 0, 2]) / den
+    ys = (h[b, 1, 0] * gx + h[b, 1, 1] * gy + h[b, 1, 2]) / den
+    np.testing.assert_allclose(grid[b], np.stack([xs, ys], -1), **TOL)
+
+
+def test_projective_with_affine_bottom_row_equals_affine(rng):
+  theta = rng.normal(size=(2, 3))
+  h = np.concatenate([theta, [[0, 0, 1]]], 0) * 3.0  # homographies are defined up to scale
+  np.testing.assert_allclose(
+      stn_jax.make_grid(h, (4, 4), "projective"), stn_jax.make_grid(theta, (4, 4)), **TOL
+  )
+
+
+def test_projective_horizon_is_nan_and_sample_reads_zero_with_finite_gradient():
+  # Denominator y + 0 vanishes on the row y = 0 (the middle row of a 3-row grid).
+  h = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+  grid = stn_jax.make_grid(h, (3, 4), "projective")
+  assert np.all(np.isnan(grid[1])) and np.all(np.isfinite(grid[np.array([0, 2])]))
+  U = jnp.ones((4, 4, 1))
+  for padding_mode in stn_jax.PADDING_MODES:
+    V = stn_jax.sample(U, grid, padding_mode=padding_mode)
+    assert np.all(np.isfinite(V)) and np.all(V[1] == 0), padding_mode
+
+  def loss(h):
+    return jnp.sum(stn_jax.sample(U, stn_jax.make_grid(h, (3, 4), "projective")))
+
+  assert np.all(np.isfinite(jax.grad(loss)(h)))
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_tps_interpolates_targets_at_control_points(rng, align_corners):
+  # With align_corners=True a 4x4 output's pixel centres are exactly the default sources.
+  targets = stn_jax.default_control_points() + 0.1 * rng.normal(size=(3, 16, 2))
+  grid = stn_jax.make_grid(targets, (4, 4), "tps", align_corners=True)
+  np.testing.assert_allclose(grid.reshape(3, 16, 2), targets, atol=1e-9)
+
+
+def test_tps_custom_control_points_and_affine_reproduction(rng):
+  sources = np.array([[-1, -1], [1, -1], [-1, 1], [1, 1], [0, 0], [0.5, -0.5]], float)
+  # The spline reproduces affine maps exactly: targets from an affine give that affine.
+  theta = np.eye(2, 3) + 0.2 * rng.normal(size=(2, 3))
+  targets = sources @ theta[:, :2].T + theta[:, 2]
+  grid = stn_jax.make_grid(targets, (5, 6), "tps", control_points=sources)
+  np.testing.assert_allclose(grid, stn_jax.make_grid(theta, (5, 6)), atol=1e-9)
+
+
+def test_tps_oracle_against_scipy_rbf(rng):
+  scipy_interpolate = pytest.importorskip("scipy.interpolate")
+  sources = stn_jax.default_control_points()
+  targets = sources + 0.15 * rng.normal(size=(16, 2))
+  grid = stn_jax.make_grid(targets, (5, 7), "tps")
+  rbf = scipy_interpolate.RBFInterpolator(sources, targets, kernel="thin_plate_spline")
+  gx, gy = numpy_base((5, 7), False)
+  expected = rbf(np.stack([gx.ravel(), gy.ravel()], -1)).reshape(5, 7, 2)
+  np.testing.assert_allclose(grid, expected, atol=1e-9)
+
+
+def test_tps_smoothing_trades_interpolation_for_smoothness(rng):
+  targets = stn_jax.default_control_points() + 0.2 * rng.normal(size=(16, 2))
+  exact = stn_jax.make_grid(targets, (4, 4), "tps", align_corners=True).reshape(16, 2)
+  smooth = stn_jax.make_grid(targets, (4, 4), "tps", align_corners=True, smoothing=10.0)
+  smooth = smooth.reshape(16, 2)
+  assert np.abs(exact - targets).max() < 1e-9
+  assert np.abs(smooth - targets).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "points, message",
+    [
+      ([[0, 0], [1, 1], [0, 0], [1, 0]], "distinct"),
+      ([[0, 0], [1, 1], [2, 2], [3, 3]], "collinear"),
+      ([[0, 0], [1, 1]], "K >= 3"),
+      ([[0, 0], [1, np.nan], [1, 0]], "finite"),
+      ([0, 0, 1], r"\(K, 2\)"),
+    ],
+)
+def test_tps_rejects_degenerate_control_points(points, message):
+  with pytest.raises(ValueError, match=message):
+    stn_jax.make_grid(np.zeros((4, 2)), (3, 3), "tps", control_points=points)
+
+
+def test_tps_rejects_traced_control_points():
+  with pytest.raises(TypeError, match="concrete"):
+    jax.jit(lambda c: stn_jax.make_grid(c, (3, 3), "tps", control_points=c))(
+        stn_jax.default_control_points()
+    )
+
+
+@pytest.mark.parametrize("transform", stn_jax.TRANSFORMS)
+def test_grid_is_differentiable_and_forward_equals_reverse(rng, transform):
+  theta = np.asarray(stn_jax.identity_theta(transform, dtype=jnp.float64))
+  theta = theta + 0.05 * rng.normal(size=theta.shape)
+  f = lambda t: stn_jax.make_grid(t, (3, 4), transform)  # noqa: E731
+  np.testing.assert_allclose(jax.jacfwd(f)(theta), jax.jacrev(f)(theta), **TOL)
+
+
+@pytest.mark.parametrize("transform", stn_jax.TRANSFORMS)
+def test_jit_equals_eager_and_batching_equals_loop(rng, transform):
+  base = np.asarray(stn_jax.identity_theta(transform, dtype=jnp.float64))
+  theta = base + 0.1 * rng.normal(size=(2, 3) + base.shape)
+  f = lambda t: stn_jax.make_grid(t, (4, 5), transform)  # noqa: E731
+  batched = f(theta)
+  assert batched.shape == (2, 3, 4, 5, 2)
+  np.testing.assert_allclose(jax.jit(f)(theta), batched, **TOL)
+  np.testing.assert_allclose(jax.vmap(f)(theta), batched, **TOL)
+  for i in range(2):
+    for j in range(3):
+      np.testing.assert_allclose(f(theta[i, j]), batched[i, j], **TOL)
+
+
+def test_float32_in_float32_out_and_ints_promote():
+  assert stn_jax.make_grid(jnp.eye(2, 3, dtype=jnp.float32), (2, 2)).dtype == jnp.float32
+  assert stn_jax.make_grid(np.eye(2, 3, dtype=np.int32), (2, 2)).dtype == jnp.float32
+  assert stn_jax.make_grid(np.eye(2, 3), (2, 2)).dtype == jnp.float64
+
+
+@pytest.mark.parametrize(
+    "theta_shape, transform, message",
+    [
+      ((4, 6), "affine", r"\(\.\.\., 2, 3\); got \(4, 6\)"),
+      ((2, 4), "attention", r"\(\.\.\., 3\); got \(2, 4\)"),
+      ((2, 3), "projective", r"\(\.\.\., 3, 3\)"),
+      ((9, 2), "tps", r"\(\.\.\., 16, 2\)"),
+    ],
+)
+def test_wrong_theta_shape_names_the_expected_shape(theta_shape, transform, message):
+  with pytest.raises(ValueError, match=message):
+    stn_jax.make_grid(np.zeros(theta_shape), (3, 3), transform)
+
+
+def test_bad_options_raise_clear_errors():
+  with pytest.raises(ValueError, match="unknown transform 'similarity'.*affine"):
+    stn_jax.make_grid(np.eye(2, 3), (3, 3), "similarity")
+  with pytest.raises(ValueError, match=r"pair of non-negative ints"):
+    stn_jax.make_grid(np.eye(2, 3), (3, -1))
+  with pytest.raises(ValueError, match=r"pair of non-negative ints"):
+    stn_jax.make_grid(np.eye(2, 3), (3.5, 2))
+  with pytest.raises(ValueError, match="only applies to transform='tps'"):
+    stn_jax.make_grid(np.eye(2, 3), (3, 3), control_points=np.zeros((16, 2)))
+  with pytest.raises(ValueError, match="smoothing"):
+    stn_jax.make_grid(np.zeros((16, 2)), (3, 3), "tps", smoothing=-1.0)
+  with pytest.raises(TypeError, match="real number array"):
+    stn_jax.make_grid(np.eye(2, 3, dtype=np.complex64), (3, 3))
+  with pytest.raises(TypeError, match="real number array"):
+    stn_jax.make_grid(np.ones((2, 3), dtype=bool), (3, 3))
+
+
+def test_zero_size_grid():
+  assert stn_jax.make_grid(np.eye(2, 3), (0, 4)).shape == (0, 4, 2)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_pixel_normalised_round_trip_and_corners(rng, align_corners):
+  shape = (5, 8)
+  pixels = rng.uniform(-2, 9, size=(10, 2))
+  normalised = stn_jax.pixel_to_normalized(pixels, shape, align_corners=align_corners)
+  back = stn_jax.normalized_to_pixel(normalised, shape, align_corners=align_corners)
+  np.testing.assert_allclose(back, pixels, **TOL)
+  corners = stn_jax.normalized_to_pixel(
+      jnp.array([[-1.0, -1.0], [1.0, 1.0]]), shape, align_corners=align_corners
+  )
+  expected = [[0, 0], [7, 4]] if align_corners else [[-0.5, -0.5], [7.5, 4.5]]
+  np.testing.assert_allclose(corners, expected)
+
+
+def test_compose_and_invert(rng):
+  a = np.eye(2, 3) + 0.3 * rng.normal(size=(2, 3))
+  b = np.eye(2, 3) + 0.3 * rng.normal(size=(2, 3))
+  h = np.eye(3) + 0.1 * rng.normal(size=(3, 3))
+  ab = stn_jax.compose(a, b)
+  assert ab.shape == (2, 3)
+  # Pull maps: composed(p) = a(b(p)).
+  p = np.array([0.3, -0.7, 1.0])
+  np.testing.assert_allclose(ab @ p, a @ np.append(b @ p, 1.0), **TOL)
+  np.testing.assert_allclose(stn_jax.compose(a, stn_jax.invert(a)), np.eye(2, 3), atol=1e-12)
+  assert stn_jax.compose(a, h).shape == (3, 3)
+  hh = stn_jax.compose(h, stn_jax.invert(h))
+  np.testing.assert_allclose(hh / hh[2, 2], np.eye(3), atol=1e-12)
+  with pytest.raises(ValueError, match="attention_to_affine"):
+    stn_jax.compose(np.zeros(3), a)
+
+
+def test_compose_matches_warping_twice_on_exact_lattice():
+  # Nearest sampling with integer-pixel shifts and flips: both sides are exact.
+  U = jnp.arange(36.0).reshape(6, 6, 1)
+  shift = np.array([[1.0, 0, 2 / 6], [0, 1.0, -4 / 6]])  # +1 px in x, -2 px in y
+  flip = np.array([[-1.0, 0, 0], [0, 1.0, 0]])
+  twice = stn_jax.warp(stn_jax.warp(U, shift, kernel="nearest"), flip, kernel="nearest")
+  once = stn_jax.warp(U, stn_jax.compose(shift, flip), kernel="nearest")
+  np.testing.assert_array_equal(twice, once)
