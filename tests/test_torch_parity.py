@@ -8,6 +8,7 @@ is (N, C, H, W); grids share the (N, Ho, Wo, 2) layout with (x, y) last.
 """
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -40,6 +41,13 @@ def _x64():
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def torch_affine_grid(theta, size, align_corners):
+    """torch affine_grid on float64 numpy theta; silences torch's unit-size-grid notice."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*affine_grid behavior has changed.*", category=UserWarning)
+        return F.affine_grid(torch.tensor(theta, dtype=torch.float64), size, align_corners=align_corners).numpy()
 
 
 def to_nchw(a):
@@ -119,7 +127,7 @@ WIDE = list(itertools.product(KERNELS, ("border", "reflection"), ALIGNS))
 def test_sample_matches_torch_far_out_of_range(kernel, padding_mode, align_corners):
     """Coordinates several image widths outside: multiple reflections / long clamps."""
     seed = 2000 + WIDE.index((kernel, padding_mode, align_corners))
-    U, grid, R = random_inputs(seed, N=1, H=4, W=3, C=2, Ho=5, Wo=5, lim=4.5)
+    U, grid, R = random_inputs(seed, lim=4.5)
     Vt, dUt, dgt = torch_sample(U, grid, kernel, padding_mode, align_corners, R)
     V, dU, dg = jax_sample_vjp(U, grid, kernel, padding_mode, align_corners, R)
     assert_close(V, Vt, "V")
@@ -131,7 +139,8 @@ def test_sample_matches_torch_far_out_of_range(kernel, padding_mode, align_corne
 @pytest.mark.parametrize("align_corners", ALIGNS)
 def test_sample_degenerate_image_sizes(kernel, align_corners):
     """Degenerate image sizes (H=1 or W=1) with the three paddings."""
-    for k, (H, W) in enumerate([(1, 6), (5, 1), (1, 1)]):
+    shapes = [(1, 6), (5, 1), (1, 1)]
+    for k, (H, W) in enumerate([shapes[(KERNELS.index(kernel) + align_corners) % 3]]):
         for p, padding_mode in enumerate(PADDINGS):
             U, grid, R = random_inputs(3000 + 10 * k + p, N=1, H=H, W=W, C=2, Ho=3, Wo=4, lim=1.4)
             Vt, dUt, dgt = torch_sample(U, grid, kernel, padding_mode, align_corners, R)
@@ -169,8 +178,9 @@ def test_nan_grid_samples_zero(kernel, padding_mode, align_corners):
     grid[1, 2, 1, 0] = np.nan
     bad[0, 0, 0] = bad[0, 1, 2] = bad[1, 3, 5] = bad[1, 2, 1] = True
 
-    V = np.asarray(stn_jax.sample(jnp.asarray(U), jnp.asarray(grid), kernel,
-                                  padding_mode=padding_mode, align_corners=align_corners))
+    R = np.random.default_rng(5100).normal(size=U.shape[:1] + grid.shape[1:3] + U.shape[-1:])
+    V, dU, dg = jax_sample_vjp(U, grid, kernel, padding_mode, align_corners, R)
+    V = np.asarray(V)
     assert not np.isnan(V).any(), "NaN grid coordinates must sample 0, not NaN"
     np.testing.assert_array_equal(V[bad], 0.0)
 
@@ -179,12 +189,20 @@ def test_nan_grid_samples_zero(kernel, padding_mode, align_corners):
     Vt = torch_sample(U, clean, kernel, padding_mode, align_corners)
     assert_close(V[~bad], Vt[~bad], "finite points next to NaN points")
 
+    # Gradients: a NaN point's output is 0 whatever U is, so it contributes
+    # nothing to dV/dU (in particular no NaN); finite points' grid gradients
+    # are unaffected.  (torch is only asked about the finite-only grid.)
+    R_clean = np.where(bad[..., None], 0.0, R)
+    _, dUt, dgt = torch_sample(U, clean, kernel, padding_mode, align_corners, R_clean)
+    assert_close(dU, dUt, "dV/dU with NaN grid points")
+    assert_close(np.asarray(dg)[~bad], dgt[~bad], "dV/dgrid at finite points next to NaN points")
+
 
 # --------------------------------------------------------------------------- leading batch dims
 
 
 @pytest.mark.parametrize("kernel,padding_mode,align_corners",
-                         [("bilinear", "zeros", False), ("bicubic", "reflection", True), ("nearest", "border", False)])
+                         [("bilinear", "zeros", False), ("bicubic", "reflection", True)])
 def test_leading_batch_dims(kernel, padding_mode, align_corners):
     rng = np.random.default_rng(6000)
     H, W, C, Ho, Wo = 5, 7, 3, 4, 6
@@ -202,12 +220,11 @@ def test_leading_batch_dims(kernel, padding_mode, align_corners):
     assert_close(dg, dgt.reshape(grid.shape), "dgrid batch (2,3)")
 
     # per-example, each one run through stn_jax on its own
-    for a in range(2):
-        for b in range(3):
-            Vab = stn_jax.sample(jnp.asarray(U[a, b]), jnp.asarray(grid[a, b]), kernel,
-                                 padding_mode=padding_mode, align_corners=align_corners)
-            assert Vab.shape == (Ho, Wo, C)
-            assert_close(V[a, b], Vab, f"per-example [{a},{b}]")
+    for a, b in [(0, 0), (1, 2)]:
+        Vab = stn_jax.sample(jnp.asarray(U[a, b]), jnp.asarray(grid[a, b]), kernel,
+                             padding_mode=padding_mode, align_corners=align_corners)
+        assert Vab.shape == (Ho, Wo, C)
+        assert_close(V[a, b], Vab, f"per-example [{a},{b}]")
 
 
 def test_leading_batch_dims_broadcast():
@@ -220,10 +237,10 @@ def test_leading_batch_dims_broadcast():
     grid = rng.uniform(-1.3, 1.3, size=(1, 3, Ho, Wo, 2))
     V = np.asarray(stn_jax.sample(jnp.asarray(U), jnp.asarray(grid), "bilinear", **kw))
     assert V.shape == (2, 3, Ho, Wo, C)
-    for a in range(2):
-        for b in range(3):
-            Vt = torch_sample(U[a], grid[0, b][None], "bilinear", kw["padding_mode"], kw["align_corners"])
-            assert_close(V[a, b], Vt[0], f"broadcast [{a},{b}]")
+    Ub = np.broadcast_to(U, (2, 3, H, W, C)).reshape(6, H, W, C)
+    gb = np.broadcast_to(grid, (2, 3, Ho, Wo, 2)).reshape(6, Ho, Wo, 2)
+    Vt = torch_sample(Ub, gb, "bilinear", kw["padding_mode"], kw["align_corners"])
+    assert_close(V, Vt.reshape(V.shape), "broadcast (2,1) x (1,3)")
 
     # unbatched image shared by a batch of grids
     U1 = rng.normal(size=(H, W, C))
@@ -252,7 +269,7 @@ def test_make_grid_affine_matches_affine_grid(shape, align_corners):
     N, C = 3, 2
     theta = rng.normal(size=(N, 2, 3))
     Ho, Wo = shape
-    ref = F.affine_grid(torch.tensor(theta), (N, C, Ho, Wo), align_corners=align_corners).numpy()
+    ref = torch_affine_grid(theta, (N, C, Ho, Wo), align_corners)
     g = stn_jax.make_grid(jnp.asarray(theta), (Ho, Wo), "affine", align_corners=align_corners)
     assert g.dtype == jnp.float64
     assert_close(g, ref, f"affine grid {shape} ac={align_corners}")
@@ -265,7 +282,7 @@ def test_make_grid_affine_matches_affine_grid(shape, align_corners):
 def test_make_grid_affine_default_align_corners_is_false(align_corners):
     rng = np.random.default_rng(7100)
     theta = rng.normal(size=(2, 2, 3))
-    ref = F.affine_grid(torch.tensor(theta), (2, 1, 3, 4), align_corners=False).numpy()
+    ref = torch_affine_grid(theta, (2, 1, 3, 4), False)
     assert_close(stn_jax.make_grid(jnp.asarray(theta), (3, 4)), ref, "default align_corners")
 
 
@@ -287,7 +304,7 @@ def test_make_grid_affine_leading_dims():
     theta = rng.normal(size=(2, 3, 2, 3))
     g = np.asarray(stn_jax.make_grid(jnp.asarray(theta), (4, 5), "affine", align_corners=True))
     assert g.shape == (2, 3, 4, 5, 2)
-    ref = F.affine_grid(torch.tensor(theta.reshape(6, 2, 3)), (6, 1, 4, 5), align_corners=True).numpy()
+    ref = torch_affine_grid(theta.reshape(6, 2, 3), (6, 1, 4, 5), True)
     assert_close(g, ref.reshape(g.shape), "theta (2,3,2,3)")
     # unbatched theta
     g1 = stn_jax.make_grid(jnp.asarray(theta[1, 2]), (4, 5), "affine", align_corners=True)
@@ -308,7 +325,7 @@ def test_make_grid_attention_matches_affine_grid(shape, align_corners):
     A[:, 1, 1] = s
     A[:, 0, 2] = tx
     A[:, 1, 2] = ty
-    ref = F.affine_grid(torch.tensor(A), (N, 1) + shape, align_corners=align_corners).numpy()
+    ref = torch_affine_grid(A, (N, 1) + shape, align_corners)
     g = stn_jax.make_grid(jnp.asarray(theta_att), shape, "attention", align_corners=align_corners)
     assert_close(g, ref, "attention grid")
 
@@ -316,7 +333,7 @@ def test_make_grid_attention_matches_affine_grid(shape, align_corners):
 # --------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("align_corners", ALIGNS)
 def test_affine_stn_end_to_end_grads(kernel, align_corners):
     """sample(U, make_grid(theta)) vs grid_sample(U, affine_grid(theta)), grads w.r.t. theta and U."""
