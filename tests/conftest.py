@@ -9,8 +9,8 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # Tolerances by dtype, one table for the suite.
 TOLERANCES = {
-    np.dtype(np.float64): dict(rtol=1e-10, atol=1e-10),
-    np.dtype(np.float32): dict(rtol=1e-5, atol=1e-5),
+  np.dtype(np.float64): dict(rtol=1e-10, atol=1e-10),
+  np.dtype(np.float32): dict(rtol=1e-5, atol=1e-5),
 }
 
 

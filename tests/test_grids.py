@@ -22,7 +22,9 @@ def pixel_centres(n, align_corners):
 
 
 def numpy_base(shape, align_corners):
-  gx, gy = np.meshgrid(pixel_centres(shape[1], align_corners), pixel_centres(shape[0], align_corners))
+  gx, gy = np.meshgrid(
+    pixel_centres(shape[1], align_corners), pixel_centres(shape[0], align_corners)
+  )
   return gx, gy
 
 
@@ -72,7 +74,7 @@ def test_projective_with_affine_bottom_row_equals_affine(rng):
   theta = rng.normal(size=(2, 3))
   h = np.concatenate([theta, [[0, 0, 1]]], 0) * 3.0  # homographies are defined up to scale
   np.testing.assert_allclose(
-      stn_jax.make_grid(h, (4, 4), "projective"), stn_jax.make_grid(theta, (4, 4)), **TOL
+    stn_jax.make_grid(h, (4, 4), "projective"), stn_jax.make_grid(theta, (4, 4)), **TOL
   )
 
 
@@ -130,14 +132,14 @@ def test_tps_smoothing_trades_interpolation_for_smoothness(rng):
 
 
 @pytest.mark.parametrize(
-    "points, message",
-    [
-      ([[0, 0], [1, 1], [0, 0], [1, 0]], "distinct"),
-      ([[0, 0], [1, 1], [2, 2], [3, 3]], "collinear"),
-      ([[0, 0], [1, 1]], "K >= 3"),
-      ([[0, 0], [1, np.nan], [1, 0]], "finite"),
-      ([0, 0, 1], r"\(K, 2\)"),
-    ],
+  "points, message",
+  [
+    ([[0, 0], [1, 1], [0, 0], [1, 0]], "distinct"),
+    ([[0, 0], [1, 1], [2, 2], [3, 3]], "collinear"),
+    ([[0, 0], [1, 1]], "K >= 3"),
+    ([[0, 0], [1, np.nan], [1, 0]], "finite"),
+    ([0, 0, 1], r"\(K, 2\)"),
+  ],
 )
 def test_tps_rejects_degenerate_control_points(points, message):
   with pytest.raises(ValueError, match=message):
@@ -147,7 +149,7 @@ def test_tps_rejects_degenerate_control_points(points, message):
 def test_tps_rejects_traced_control_points():
   with pytest.raises(TypeError, match="concrete"):
     jax.jit(lambda c: stn_jax.make_grid(c, (3, 3), "tps", control_points=c))(
-        stn_jax.default_control_points()
+      stn_jax.default_control_points()
     )
 
 
@@ -180,13 +182,13 @@ def test_float32_in_float32_out_and_ints_promote():
 
 
 @pytest.mark.parametrize(
-    "theta_shape, transform, message",
-    [
-      ((4, 6), "affine", r"\(\.\.\., 2, 3\); got \(4, 6\)"),
-      ((2, 4), "attention", r"\(\.\.\., 3\); got \(2, 4\)"),
-      ((2, 3), "projective", r"\(\.\.\., 3, 3\)"),
-      ((9, 2), "tps", r"\(\.\.\., 16, 2\)"),
-    ],
+  "theta_shape, transform, message",
+  [
+    ((4, 6), "affine", r"\(\.\.\., 2, 3\); got \(4, 6\)"),
+    ((2, 4), "attention", r"\(\.\.\., 3\); got \(2, 4\)"),
+    ((2, 3), "projective", r"\(\.\.\., 3, 3\)"),
+    ((9, 2), "tps", r"\(\.\.\., 16, 2\)"),
+  ],
 )
 def test_wrong_theta_shape_names_the_expected_shape(theta_shape, transform, message):
   with pytest.raises(ValueError, match=message):
@@ -222,7 +224,7 @@ def test_pixel_normalised_round_trip_and_corners(rng, align_corners):
   back = stn_jax.normalized_to_pixel(normalised, shape, align_corners=align_corners)
   np.testing.assert_allclose(back, pixels, **TOL)
   corners = stn_jax.normalized_to_pixel(
-      jnp.array([[-1.0, -1.0], [1.0, 1.0]]), shape, align_corners=align_corners
+    jnp.array([[-1.0, -1.0], [1.0, 1.0]]), shape, align_corners=align_corners
   )
   expected = [[0, 0], [7, 4]] if align_corners else [[-0.5, -0.5], [7.5, 4.5]]
   np.testing.assert_allclose(corners, expected)

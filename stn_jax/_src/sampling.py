@@ -99,9 +99,10 @@ def sample(
   if grid.ndim < 3 or grid.shape[-1] != 2:
     raise ValueError(f"grid must have shape (..., Ho, Wo, 2) holding (x, y); got {grid.shape}.")
 
+  if jnp.issubdtype(U.dtype, jnp.complexfloating):
+    dtypes.float_dtype(U.dtype, name="U")  # raises, saying what to do
   image_is_float = jnp.issubdtype(U.dtype, jnp.floating)
-  image_is_complex = jnp.issubdtype(U.dtype, jnp.complexfloating)
-  if not (image_is_float or image_is_complex) and kernel != "nearest":
+  if not image_is_float and kernel != "nearest":
     name = kernel if isinstance(kernel, str) else "a Kernel"
     raise TypeError(
       f"kernel {name!r} interpolates, so U must be a float array; got dtype {U.dtype}. "
@@ -110,7 +111,6 @@ def sample(
   if image_is_float:
     compute = dtypes.float_dtype(U.dtype, grid.dtype, name="U and grid")
   else:
-    dtypes.float_dtype(U.dtype, name="U")  # rejects complex
     compute = dtypes.float_dtype(grid.dtype, name="grid")
 
   def core(u: jax.Array, g: jax.Array) -> jax.Array:
