@@ -1,0 +1,473 @@
+"""Training example: CNN vs ST-CNN on the distorted digits (Flax ``examples/mnist`` style).
+
+Library-like: :func:`train_and_evaluate` runs one experiment into a work directory
+(metrics, figure, orbax checkpoints) and :func:`evaluate_workdir` re-scores a saved one;
+:mod:`stn_jax.cli` only parses arguments and calls them.
+
+Determinism: parameters are initialised from ``seed``; the batch of step ``i`` is drawn
+from ``fold_in(key(seed), i)`` alone (which training digits, and a fresh distortion of
+each), so a run resumed from a checkpoint retraces an uninterrupted one exactly. The test
+set is a fixed :func:`stn_jax.datasets.make_dataset` of held-out digits from
+``data_seed``.
+
+Needs the ``demo`` extra (orbax-checkpoint, tqdm, matplotlib, scikit-learn).
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from stn_jax import datasets
+from stn_jax._src.grids import TRANSFORMS
+from stn_jax._src.models import CNN as CNN
+from stn_jax._src.models import MODELS as MODELS
+from stn_jax._src.models import Classifier as Classifier
+
+# Peak learning rates tuned on RTS (batch 128, ~1500-3000 steps); the CNN is sensitive.
+DEFAULT_LR = {"cnn": 1e-3, "st-cnn": 2e-3}
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+EVAL_FILE = "eval.json"
+FIGURE_FILE = "transformer.png"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """One experiment.
+
+  Attributes:
+    task: a :data:`stn_jax.datasets.TASKS` distortion.
+    model: ``"cnn"`` or ``"st-cnn"``.
+    transform: the transformer's family (``"st-cnn"`` only).
+    steps: optimisation steps.
+    batch_size: examples per step.
+    lr: peak learning rate; ``None`` takes :data:`DEFAULT_LR` for the model.
+    loc_lr_scale: the transformer's learning rate relative to ``lr``. About 0.3: at the
+      full rate theta collapsed onto a fixed crop, at 0.1 it barely moved.
+    weight_decay: AdamW's decoupled weight decay.
+    warmup_steps: linear warmup before the cosine decay (capped at a tenth of ``steps``).
+    seed: initialisation and batch order.
+    data_seed: the test set's distortions (the same across training seeds, so that seeds
+      are compared on one test set).
+    test_copies: distortions per held-out digit in the test set.
+    checkpoint_every: steps between checkpoints (one is also written at the end).
+    log_every: steps between logged training metrics.
+    data_dir: local MNIST IDX files instead of the bundled digits.
+  """
+
+  task: str = "rts"
+  model: str = "st-cnn"
+  transform: str = "affine"
+  steps: int = 2000
+  batch_size: int = 128
+  lr: float | None = None
+  loc_lr_scale: float = 0.3
+  weight_decay: float = 1e-4
+  warmup_steps: int = 100
+  seed: int = 0
+  data_seed: int = 0
+  test_copies: int = 10
+  checkpoint_every: int = 500
+  log_every: int = 50
+  data_dir: str | None = None
+
+  def __post_init__(self):
+    def check(ok: bool, what: str, got: Any) -> None:
+      if not ok:
+        raise ValueError(f"{what}; got {got!r}.")
+
+    check(self.task in datasets.TASKS, f"task must be one of {datasets.TASKS}", self.task)
+    check(self.model in MODELS, f"model must be one of {MODELS}", self.model)
+    check(self.transform in TRANSFORMS, f"transform must be one of {TRANSFORMS}", self.transform)
+    for name in ("steps", "batch_size", "test_copies", "checkpoint_every", "log_every"):
+      check(getattr(self, name) >= 1, f"{name} must be >= 1", getattr(self, name))
+    check(self.warmup_steps >= 0, "warmup_steps must be >= 0", self.warmup_steps)
+    check(self.lr is None or self.lr > 0, "lr must be > 0", self.lr)
+    check(self.loc_lr_scale > 0, "loc_lr_scale must be > 0", self.loc_lr_scale)
+
+  @property
+  def peak_lr(self) -> float:
+    return DEFAULT_LR[self.model] if self.lr is None else self.lr
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def create_model(config: Config) -> Classifier:
+  """The classifier for ``config``, initialised from ``config.seed``."""
+  shape = datasets.IMAGE_SHAPES[config.task]
+  return Classifier(
+    shape, model=config.model, transform=config.transform, rngs=nnx.Rngs(config.seed)
+  )
+
+
+def _param_labels(params: nnx.State) -> Any:
+  def label(path: tuple[Any, ...], _: Any) -> str:
+    return "localisation" if getattr(path[0], "key", None) == "stn" else "classifier"
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def create_optimizer(config: Config, params: nnx.State) -> optax.GradientTransformation:
+  """AdamW with warmup and cosine decay; the transformer's parameters at a scaled rate.
+
+  Args:
+    config: the experiment.
+    params: the model's ``nnx.Param`` state; everything under ``stn`` (the localisation
+      net and its regression head) gets ``loc_lr_scale`` times the rate.
+
+  Returns:
+    An ``optax`` transformation over ``params``.
+  """
+  warmup = min(config.warmup_steps, config.steps // 10)
+  schedule = optax.warmup_cosine_decay_schedule(
+    0.0, config.peak_lr, warmup, max(config.steps, warmup + 1)
+  )
+
+  def scaled(count: jax.Array) -> jax.Array:
+    return config.loc_lr_scale * schedule(count)
+
+  return optax.multi_transform(
+    {
+      "classifier": optax.adamw(schedule, weight_decay=config.weight_decay),
+      "localisation": optax.adamw(scaled, weight_decay=config.weight_decay),
+    },
+    _param_labels(params),
+  )
+
+
+def load_data(config: Config) -> dict[str, np.ndarray]:
+  """Training digits (undistorted: batches are distorted on the fly) and the test set."""
+  if config.data_dir is None:
+    (digits, labels), _ = datasets.load_digits()
+  else:
+    (digits, labels), _ = datasets.load_mnist_idx(config.data_dir)
+  test_x, test_y = datasets.make_dataset(
+    config.task, "test", seed=config.data_seed, copies=config.test_copies, data_dir=config.data_dir
+  )
+  return {"digits": digits, "labels": labels, "test_images": test_x, "test_labels": test_y}
+
+
+def batch_for_step(
+  task: str, key: jax.Array, step: jax.Array, digits: jax.Array, labels: jax.Array, batch_size: int
+) -> tuple[jax.Array, jax.Array]:
+  """The training batch of ``step``: a pure function of ``(key, step)`` and the digits."""
+  k_index, k_distort = jax.random.split(jax.random.fold_in(key, step))
+  index = jax.random.randint(k_index, (batch_size,), 0, digits.shape[0])
+  images = datasets.distort(task, k_distort, digits[index], pool=digits)
+  return images, labels[index]
+
+
+def _loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  correct = jnp.sum(jnp.argmax(logits, axis=-1) == labels)
+  return loss, correct
+
+
+def make_train_step(
+  graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation, config: Config
+) -> Callable[..., Any]:
+  """A jitted ``step(params, opt_state, digits, labels, key, i)``.
+
+  The step index is a traced argument, so the function compiles once for the whole run.
+  """
+
+  @jax.jit
+  def step(params, opt_state, digits, labels, key, i):
+    images, targets = batch_for_step(config.task, key, i, digits, labels, config.batch_size)
+
+    def loss_fn(p):
+      logits, _ = nnx.merge(graphdef, p, rest)(images)
+      return _loss(logits, targets)
+
+    (loss, correct), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, loss, correct
+
+  return step
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _eval_batch(graphdef, params, rest, images, labels, mask):
+  logits, _ = nnx.merge(graphdef, params, rest)(images)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  wrong = (jnp.argmax(logits, axis=-1) != labels) & mask
+  return jnp.sum(jnp.where(mask, losses, jnp.zeros_like(losses))), jnp.sum(wrong)
+
+
+def evaluate(
+  graphdef: nnx.GraphDef,
+  params: nnx.State,
+  rest: nnx.State,
+  images: np.ndarray,
+  labels: np.ndarray,
+  *,
+  batch_size: int = 500,
+) -> dict[str, float]:
+  """Test loss and error (fraction misclassified) of the model on ``images``."""
+  total_loss, total_wrong, n = 0.0, 0, len(images)
+  for start in range(0, n, batch_size):
+    x, y = images[start : start + batch_size], labels[start : start + batch_size]
+    pad = batch_size - len(x)
+    mask = np.arange(batch_size) < len(x)
+    # Pad the last batch so every call has the same shape (one compilation).
+    x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+    y = np.concatenate([y, np.zeros((pad,), y.dtype)])
+    loss, wrong = _eval_batch(graphdef, params, rest, x, y, mask)
+    total_loss += float(loss)
+    total_wrong += int(wrong)
+  return {"test_loss": total_loss / n, "test_error": total_wrong / n, "test_wrong": total_wrong}
+
+
+def save_figure(model: Classifier, images: np.ndarray, labels: np.ndarray, path: str) -> None:
+  """A PNG of inputs (top) beside the transformer's outputs (bottom), with predictions."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  logits, V = model(jnp.asarray(images))
+  predictions = np.asarray(jnp.argmax(logits, axis=-1))
+  rows = 1 if V is None else 2
+  cols = len(images)
+  fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.6 * rows), squeeze=False)
+  for j in range(cols):
+    axes[0, j].imshow(images[j, ..., 0], cmap="gray", vmin=0, vmax=1)
+    axes[0, j].set_title(f"{labels[j]} -> {predictions[j]}", fontsize=8)
+    if V is not None:
+      axes[1, j].imshow(np.asarray(V[j, ..., 0]), cmap="gray", vmin=0, vmax=1)
+  for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+  axes[0, 0].set_ylabel("input", fontsize=8)
+  if V is not None:
+    axes[1, 0].set_ylabel("transformer", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _checkpoint_manager(workdir: str):
+  import orbax.checkpoint as ocp
+
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
+  return ocp.CheckpointManager(
+    os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options
+  )
+
+
+def _restore(manager, params: nnx.State, opt_state: Any) -> tuple[Any, Any, list[dict[str, Any]]]:
+  import orbax.checkpoint as ocp
+
+  abstract = jax.tree.map(
+    ocp.utils.to_shape_dtype_struct, {"params": params, "opt_state": opt_state}
+  )
+  restored = manager.restore(
+    manager.latest_step(),
+    args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
+    ),
+  )
+  return restored.state["params"], restored.state["opt_state"], restored.history["history"]
+
+
+def _save(
+  manager, step: int, params: nnx.State, opt_state: Any, history: list[dict[str, Any]]
+) -> None:
+  import orbax.checkpoint as ocp
+
+  manager.save(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
+      history=ocp.args.JsonSave({"history": history}),
+    ),
+    force=True,
+  )
+
+
+def read_config(workdir: str) -> Config:
+  """The :class:`Config` saved in ``workdir``.
+
+  Raises:
+    FileNotFoundError: ``workdir`` holds no run.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no run in {workdir!r}: expected {CONFIG_FILE} written by `train`.")
+  with open(path) as f:
+    return Config(**json.load(f))
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(
+  config: Config,
+  workdir: str,
+  *,
+  resume: bool = False,
+  stop_after: int | None = None,
+  progress: bool = True,
+  data: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+  """Trains ``config`` into ``workdir`` and evaluates it on the held-out test set.
+
+  Writes ``config.json``, orbax checkpoints under ``checkpoints/`` (every
+  ``checkpoint_every`` steps and at the end), and at the end ``metrics.json`` and the
+  figure ``transformer.png``.
+
+  Args:
+    config: the experiment.
+    workdir: output folder (created).
+    resume: continue from the latest checkpoint in ``workdir`` (same optimizer state and
+      data order); the saved config must equal ``config``. Without a checkpoint it starts
+      afresh.
+    stop_after: stop after this many steps (in total) without finishing, as if the run
+      were interrupted; for testing ``resume``.
+    progress: show a tqdm progress bar.
+    data: the output of :func:`load_data`, to share it between runs.
+
+  Returns:
+    The metrics, also written to ``metrics.json`` (``None`` values if stopped early).
+
+  Raises:
+    FileExistsError: ``workdir`` holds a run and ``resume`` is False, or a different run.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  config_path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(config_path):
+    saved = read_config(workdir)
+    if not resume:
+      raise FileExistsError(
+        f"{workdir!r} already holds a run; pass --resume to continue it or choose another --out."
+      )
+    if saved != config:
+      changed = [
+        f.name
+        for f in dataclasses.fields(Config)
+        if getattr(saved, f.name) != getattr(config, f.name)
+      ]
+      raise FileExistsError(
+        f"cannot resume {workdir!r}: expected the settings it was started with; got different "
+        f"{', '.join(changed)}."
+      )
+  _write_json(config_path, config.to_json())
+
+  data = load_data(config) if data is None else data
+  model = create_model(config)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = create_optimizer(config, params)
+  opt_state = tx.init(params)
+  manager = _checkpoint_manager(workdir)
+  history: list[dict[str, Any]] = []
+  start = 0
+  if resume and manager.latest_step() is not None:
+    start = manager.latest_step()
+    params, opt_state, history = _restore(manager, params, opt_state)
+
+  step_fn = make_train_step(graphdef, rest, tx, config)
+  digits, labels = jnp.asarray(data["digits"]), jnp.asarray(data["labels"])
+  key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  end = config.steps if stop_after is None else min(config.steps, stop_after)
+
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.steps, initial=start, desc=f"{config.model} {config.task}", unit="step")
+  pending: list[tuple[jax.Array, jax.Array]] = []
+  timed_steps, timed_seconds = 0, 0.0
+  tick = time.perf_counter()
+  for i in range(start, end):
+    params, opt_state, loss, correct = step_fn(params, opt_state, digits, labels, key, i)
+    pending.append((loss, correct))
+    done = i + 1
+    if done % config.log_every == 0 or done == config.steps:
+      losses, corrects = zip(*jax.device_get(pending), strict=True)
+      entry = {
+        "step": done,
+        "loss": float(np.mean(losses)),
+        "accuracy": float(np.sum(corrects)) / (config.batch_size * len(pending)),
+      }
+      history.append(entry)
+      pending = []
+      if bar is not None:
+        bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['accuracy']:.4f}")
+    if done % config.checkpoint_every == 0 or done == config.steps:
+      jax.block_until_ready(params)
+      _save(manager, done, params, opt_state, history)
+    if bar is not None:
+      bar.update(1)
+    if i == start:
+      # The first step compiles; time the rest.
+      jax.block_until_ready(params)
+      tick = time.perf_counter()
+    else:
+      timed_steps += 1
+  jax.block_until_ready(params)
+  timed_seconds = time.perf_counter() - tick
+  if bar is not None:
+    bar.close()
+  manager.wait_until_finished()
+  manager.close()
+  if end < config.steps:
+    return {"stopped_at": end, "history": history}
+
+  model = nnx.merge(graphdef, params, rest)
+  metrics: dict[str, Any] = {"config": config.to_json()}
+  metrics.update(evaluate(graphdef, params, rest, data["test_images"], data["test_labels"]))
+  metrics["num_test_images"] = len(data["test_images"])
+  metrics["steps_per_second"] = timed_steps / timed_seconds if timed_steps else None
+  metrics["resumed_from"] = start
+  metrics["history"] = history
+  _write_json(os.path.join(workdir, METRICS_FILE), metrics)
+  n = 8
+  save_figure(
+    model, data["test_images"][:n], data["test_labels"][:n], os.path.join(workdir, FIGURE_FILE)
+  )
+  return metrics
+
+
+def evaluate_workdir(workdir: str) -> dict[str, Any]:
+  """Restores the latest checkpoint in ``workdir`` and scores it on its test set.
+
+  Writes ``eval.json``.
+
+  Raises:
+    FileNotFoundError: ``workdir`` holds no run or no checkpoint.
+  """
+  config = read_config(workdir)
+  model = create_model(config)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = create_optimizer(config, params)
+  manager = _checkpoint_manager(workdir)
+  step = manager.latest_step()
+  if step is None:
+    manager.close()
+    raise FileNotFoundError(f"no checkpoint in {workdir!r}; train first.")
+  params, _, _ = _restore(manager, params, tx.init(params))
+  manager.close()
+  data = load_data(config)
+  result = {"step": step, "steps": config.steps}
+  result.update(evaluate(graphdef, params, rest, data["test_images"], data["test_labels"]))
+  result["num_test_images"] = len(data["test_images"])
+  _write_json(os.path.join(workdir, EVAL_FILE), result)
+  return result
