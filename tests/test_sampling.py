@@ -184,7 +184,7 @@ def test_nan_coordinates_read_zero_in_every_mode_with_zero_gradient(rng):
       f = lambda u, g: stn_jax.sample(u, g, kernel, padding_mode=padding_mode)  # noqa: B023, E731
       V = f(U, grid)
       assert np.all(V[0, :2] == 0) and np.all(V[0, 2] > 0), (kernel, padding_mode)
-      gu, gg = jax.grad(lambda u, g: jnp.sum(f(u, g)), (0, 1))(U, grid)
+      gu, gg = jax.grad(lambda u, g: jnp.sum(f(u, g)), (0, 1))(U, grid)  # noqa: B023
       assert np.all(np.isfinite(gu)) and np.all(np.isfinite(gg))
       assert np.all(gg[0, :2] == 0)
 
