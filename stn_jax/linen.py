@@ -1,0 +1,145 @@
+"""Spatial transformer modules for Flax Linen.
+
+The same modules as :mod:`stn_jax.nnx`, with the same architecture and parameter names
+(``localisation/conv1``, ``localisation/conv2``, ``localisation/dense``, ``head``), so
+weights carry over between the two front ends.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+from flax import linen as nn
+from jax.typing import ArrayLike
+
+from stn_jax._src import kernels as kernels_lib
+from stn_jax._src import modules
+
+__all__ = ("LocalisationNet", "SpatialTransformer")
+
+
+class LocalisationNet(nn.Module):
+  """A small ready-made localisation network: two strided convs, pooling, a dense layer.
+
+  ``conv1`` (5x5, stride 2) -> ReLU -> ``conv2`` (3x3, stride 2) -> ReLU -> average pooling
+  onto a ``pool_size`` grid -> flatten -> ``dense`` -> ReLU, as
+  :class:`stn_jax.nnx.LocalisationNet`. Input channels and size are inferred.
+
+  Attributes:
+    features: width of the output.
+    channels: output channels of the two convolutions.
+    pool_size: ``(ph, pw)`` grid of the adaptive average pooling; ``(1, 1)`` is global
+      average pooling (translation invariant, so a poor localiser).
+
+  >>> import jax, jax.numpy as jnp
+  >>> net = LocalisationNet(features=8)
+  >>> x = jnp.ones((2, 42, 42, 1), jnp.float32)
+  >>> params = net.init(jax.random.key(0), x)
+  >>> net.apply(params, x).shape
+  (2, 8)
+  """
+
+  features: int = 32
+  channels: Sequence[int] = (16, 32)
+  pool_size: Sequence[int] = (4, 4)
+
+  @nn.compact
+  def __call__(self, x: ArrayLike) -> jax.Array:
+    """Features of ``x``.
+
+    Args:
+      x: ``(N, H, W, C)`` channels-last images (or one ``(H, W, C)`` image).
+
+    Returns:
+      ``(N, features)`` (or ``(features,)``).
+    """
+    c1, c2 = self.channels
+    pool_size = modules.check_pool_size(self.pool_size)
+    (k1, k2), s = modules.CONV_KERNEL_SIZES, modules.CONV_STRIDES
+    x = nn.relu(nn.Conv(c1, k1, strides=s, name="conv1")(x))
+    x = nn.relu(nn.Conv(c2, k2, strides=s, name="conv2")(x))
+    x = modules.adaptive_avg_pool(x, pool_size)
+    return nn.relu(nn.Dense(self.features, name="dense")(x.reshape(x.shape[:-3] + (-1,))))
+
+
+class SpatialTransformer(nn.Module):
+  """A spatial transformer (Jaderberg et al. 2015): localise, then warp.
+
+  ``localisation`` maps the input to features, a dense regression head ``head`` maps
+  those to ``theta`` and :func:`stn_jax.warp` samples the input on ``theta``'s grid. The
+  head starts at the identity transform (zero kernel, bias = flattened
+  :func:`stn_jax.identity_theta`). Same behaviour as :class:`stn_jax.nnx.SpatialTransformer`.
+
+  Convention:
+    Channels-last images ``(N, H, W, C)``. ``theta`` is the core's: it maps normalised
+    output coordinates ``(x, y)`` in ``[-1, 1]`` (x along the width) to the input point
+    read there, as in :func:`stn_jax.make_grid`.
+
+  Attributes:
+    localisation: any module mapping ``(N, H, W, C)`` to ``(N, features)``.
+    transform: ``"affine"``, ``"attention"``, ``"projective"`` or ``"tps"``.
+    output_shape: ``(Ho, Wo)`` of the output; default: the sampled input's ``(H, W)``.
+    kernel: ``"nearest"``, ``"bilinear"``, ``"bicubic"`` or a :class:`stn_jax.Kernel`.
+    padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"``.
+    align_corners: PyTorch's meaning, used for both the grid and the sampling.
+    control_points: ``(K, 2)`` TPS sources (default: the 4x4 lattice); concrete.
+
+  >>> import jax, jax.numpy as jnp
+  >>> stn = SpatialTransformer(LocalisationNet(features=8), transform="attention")
+  >>> x = jnp.ones((2, 28, 28, 1), jnp.float32)
+  >>> params = stn.init(jax.random.key(0), x)
+  >>> V, theta = stn.apply(params, x)
+  >>> V.shape, theta
+  ((2, 28, 28, 1), Array([[1., 0., 0.],
+                          [1., 0., 0.]], dtype=float32))
+  """
+
+  localisation: nn.Module
+  transform: str = "affine"
+  output_shape: Sequence[int] | None = None
+  kernel: "str | kernels_lib.Kernel" = "bilinear"
+  padding_mode: str = "zeros"
+  align_corners: bool = False
+  control_points: Any = None
+
+  def __post_init__(self):
+    # Fail at construction, as the NNX module does, not at the first call.
+    self._checked_options()
+    super().__post_init__()
+
+  def _checked_options(self) -> modules.Options:
+    return modules.check_options(
+      self.transform,
+      self.output_shape,
+      self.kernel,
+      self.padding_mode,
+      self.align_corners,
+      self.control_points,
+    )
+
+  @nn.compact
+  def __call__(
+    self, x: ArrayLike, *, sample_from: ArrayLike | None = None
+  ) -> tuple[jax.Array, jax.Array]:
+    """Localises on ``x`` and warps ``sample_from`` (default ``x``).
+
+    Args:
+      x: ``(N, H, W, C)`` input of the localisation network.
+      sample_from: ``(N, H', W', C')`` image to warp, e.g. the full-resolution original
+        when ``x`` is a downscaled view of it.
+
+    Returns:
+      ``(V, theta)``: ``V`` is ``(N, Ho, Wo, C')`` with ``(Ho, Wo)`` = ``output_shape`` or
+      the sampled image's ``(H', W')``; ``theta`` is ``(N,)`` plus the transform's shape.
+    """
+    options = self._checked_options()
+    features = self.localisation(x)
+    modules.check_features(features, None)
+    head = nn.Dense(
+      options.theta_size,
+      kernel_init=nn.initializers.zeros_init(),
+      bias_init=modules.identity_bias_init(options),
+      name="head",
+    )
+    source = x if sample_from is None else sample_from
+    return modules.warp_from_head(head(features), source, options)
