@@ -148,16 +148,29 @@ def create_optimizer(config: Config, params: nnx.State) -> optax.GradientTransfo
   )
 
 
-def load_data(config: Config) -> dict[str, np.ndarray]:
-  """Training digits (undistorted: batches are distorted on the fly) and the test set."""
+def load_data(config: Config, *, test: bool = True) -> dict[str, np.ndarray]:
+  """Training digits (undistorted: batches are distorted on the fly) and the test set.
+
+  Args:
+    config: the experiment.
+    test: also generate the test set (``test_images``, ``test_labels``).
+  """
   if config.data_dir is None:
     (digits, labels), _ = datasets.load_digits()
   else:
     (digits, labels), _ = datasets.load_mnist_idx(config.data_dir)
-  test_x, test_y = datasets.make_dataset(
+  data = {"digits": digits, "labels": labels}
+  if test:
+    data.update(load_test_data(config))
+  return data
+
+
+def load_test_data(config: Config) -> dict[str, np.ndarray]:
+  """The fixed test set: ``test_copies`` distortions of each held-out digit."""
+  images, labels = datasets.make_dataset(
     config.task, "test", seed=config.data_seed, copies=config.test_copies, data_dir=config.data_dir
   )
-  return {"digits": digits, "labels": labels, "test_images": test_x, "test_labels": test_y}
+  return {"test_images": images, "test_labels": labels}
 
 
 def batch_for_step(
@@ -269,7 +282,7 @@ def _checkpoint_manager(workdir: str):
   )
 
 
-def _restore(manager, params: nnx.State, opt_state: Any) -> tuple[Any, Any, list[dict[str, Any]]]:
+def _restore(manager, params: nnx.State, opt_state: Any) -> tuple[Any, Any, dict[str, Any]]:
   import orbax.checkpoint as ocp
 
   abstract = jax.tree.map(
@@ -281,19 +294,17 @@ def _restore(manager, params: nnx.State, opt_state: Any) -> tuple[Any, Any, list
       state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
     ),
   )
-  return restored.state["params"], restored.state["opt_state"], restored.history["history"]
+  return restored.state["params"], restored.state["opt_state"], restored.history
 
 
-def _save(
-  manager, step: int, params: nnx.State, opt_state: Any, history: list[dict[str, Any]]
-) -> None:
+def _save(manager, step: int, params: nnx.State, opt_state: Any, log: dict[str, Any]) -> None:
   import orbax.checkpoint as ocp
 
   manager.save(
     step,
     args=ocp.args.Composite(
       state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
-      history=ocp.args.JsonSave({"history": history}),
+      history=ocp.args.JsonSave(log),
     ),
     force=True,
   )
@@ -371,17 +382,22 @@ def train_and_evaluate(
       )
   _write_json(config_path, config.to_json())
 
-  data = load_data(config) if data is None else data
+  # The test set is only generated once training is done (an interrupted run skips it).
+  data = load_data(config, test=False) if data is None else data
   model = create_model(config)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = create_optimizer(config, params)
   opt_state = tx.init(params)
   manager = _checkpoint_manager(workdir)
   history: list[dict[str, Any]] = []
+  pending: list[Any] = []
   start = 0
   if resume and manager.latest_step() is not None:
     start = manager.latest_step()
-    params, opt_state, history = _restore(manager, params, opt_state)
+    params, opt_state, log = _restore(manager, params, opt_state)
+    history = log["history"]
+    # The losses of a logging window the checkpoint cut through, so its entry is whole.
+    pending = [(np.float32(loss), np.int64(c)) for loss, c in log["pending"]]
 
   step_fn = make_train_step(graphdef, rest, tx, config)
   digits, labels = jnp.asarray(data["digits"]), jnp.asarray(data["labels"])
@@ -393,7 +409,6 @@ def train_and_evaluate(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=config.steps, initial=start, desc=f"{config.model} {config.task}", unit="step")
-  pending: list[tuple[jax.Array, jax.Array]] = []
   timed_steps, timed_seconds = 0, 0.0
   tick = time.perf_counter()
   for i in range(start, end):
@@ -413,7 +428,8 @@ def train_and_evaluate(
         bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['accuracy']:.4f}")
     if done % config.checkpoint_every == 0 or done == config.steps:
       jax.block_until_ready(params)
-      _save(manager, done, params, opt_state, history)
+      window = [(float(loss), int(c)) for loss, c in jax.device_get(pending)]
+      _save(manager, done, params, opt_state, {"history": history, "pending": window})
     if bar is not None:
       bar.update(1)
     if i == start:
@@ -431,6 +447,8 @@ def train_and_evaluate(
   if end < config.steps:
     return {"stopped_at": end, "history": history}
 
+  if "test_images" not in data:
+    data = {**data, **load_test_data(config)}
   model = nnx.merge(graphdef, params, rest)
   metrics: dict[str, Any] = {"config": config.to_json()}
   metrics.update(evaluate(graphdef, params, rest, data["test_images"], data["test_labels"]))
