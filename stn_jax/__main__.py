@@ -2,4 +2,6 @@
 
 from stn_jax.cli import main
 
-raise SystemExit(main())
+# Guarded so that importing the module (pytest --doctest-modules does) runs nothing.
+if __name__ == "__main__":
+  raise SystemExit(main())
