@@ -76,7 +76,7 @@ def normalized_to_pixel(
   Returns:
     ``(..., 2)`` pixel coordinates ``(column, row)``.
 
-  >>> normalized_to_pixel(jnp.array([[-1.0, 1.0]]), (4, 8))
+  >>> normalized_to_pixel(jnp.array([[-1.0, 1.0]], jnp.float32), (4, 8))
   Array([[-0.5,  3.5]], dtype=float32)
   """
   xy = _as_float_points(xy, "xy")
@@ -106,7 +106,7 @@ def pixel_to_normalized(
   Returns:
     ``(..., 2)`` normalised coordinates.
 
-  >>> pixel_to_normalized(jnp.array([[-0.5, 3.5]]), (4, 8))
+  >>> pixel_to_normalized(jnp.array([[-0.5, 3.5]], jnp.float32), (4, 8))
   Array([[-1.,  1.]], dtype=float32)
   """
   xy = _as_float_points(xy, "xy")
@@ -160,7 +160,7 @@ def attention_to_affine(theta: ArrayLike) -> jax.Array:
   Returns:
     ``(..., 2, 3)`` affine parameters.
 
-  >>> attention_to_affine(jnp.array([0.5, 0.1, -0.2]))
+  >>> attention_to_affine(jnp.array([0.5, 0.1, -0.2], jnp.float32))
   Array([[ 0.5,  0. ,  0.1],
          [ 0. ,  0.5, -0.2]], dtype=float32)
   """
@@ -202,7 +202,7 @@ def compose(first: ArrayLike, second: ArrayLike) -> jax.Array:
   Returns:
     ``(..., 2, 3)`` if both are affine, else ``(..., 3, 3)``.
 
-  >>> shift = jnp.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]])
+  >>> shift = jnp.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]], jnp.float32)
   >>> compose(shift, shift)
   Array([[1., 0., 1.],
          [0., 1., 0.]], dtype=float32)
@@ -225,7 +225,7 @@ def invert(theta: ArrayLike) -> jax.Array:
   Returns:
     An array of the same shape.
 
-  >>> invert(jnp.array([[2.0, 0.0, 1.0], [0.0, 4.0, 0.0]]))
+  >>> invert(jnp.array([[2.0, 0.0, 1.0], [0.0, 4.0, 0.0]], jnp.float32))
   Array([[ 0.5 ,  0.  , -0.5 ],
          [ 0.  ,  0.25,  0.  ]], dtype=float32)
   """
@@ -292,7 +292,7 @@ def make_grid(
   Returns:
     ``(..., Ho, Wo, 2)`` grid in the promoted float dtype of ``theta`` (at least float32).
 
-  >>> grid = make_grid(jnp.eye(2, 3), (2, 3))
+  >>> grid = make_grid(jnp.eye(2, 3, dtype=jnp.float32), (2, 3))
   >>> grid[..., 0]
   Array([[-0.6666667,  0.       ,  0.6666667],
          [-0.6666667,  0.       ,  0.6666667]], dtype=float32)

@@ -82,8 +82,8 @@ def sample(
   Returns:
     ``(..., Ho, Wo, C)`` array of ``U``'s dtype.
 
-  >>> U = jnp.arange(1.0, 7.0).reshape(2, 3, 1)   # [[1, 2, 3], [4, 5, 6]]
-  >>> grid = jnp.array([[[0.0, 0.0], [-1.0, -1.0]]])   # the centre; the top-left corner
+  >>> U = jnp.arange(1, 7, dtype=jnp.float32).reshape(2, 3, 1)  # [[1, 2, 3], [4, 5, 6]]
+  >>> grid = jnp.array([[[0.0, 0.0], [-1.0, -1.0]]], jnp.float32)  # centre; top-left corner
   >>> sample(U, grid)[..., 0]
   Array([[3.5 , 0.25]], dtype=float32)
   >>> sample(U, grid, padding_mode="border")[..., 0]
@@ -149,8 +149,8 @@ def warp(
   Returns:
     ``(..., Ho, Wo, C)``.
 
-  >>> U = jnp.arange(16.0).reshape(4, 4, 1)
-  >>> flip_x = jnp.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+  >>> U = jnp.arange(16, dtype=jnp.float32).reshape(4, 4, 1)
+  >>> flip_x = jnp.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], jnp.float32)
   >>> warp(U, flip_x)[0, :, 0]
   Array([3., 2., 1., 0.], dtype=float32)
   """
@@ -213,16 +213,23 @@ def _sample_one(
     ix, valid_x = _in_bounds(_pad(xs, w, padding_mode, align_corners), w)
     iy, valid_y = _in_bounds(_pad(ys, h, padding_mode, align_corners), h)
 
-  # Gather whole channel vectors: one (Ho, Wo, Ty, Tx) index array into (H * W, C).
-  flat = iy[..., :, None] * w + ix[..., None, :]
-  valid = valid_y[..., :, None] & valid_x[..., None, :] & ~unreadable[..., None, None]
-  values = jnp.take(u.reshape(h * w, c), flat, axis=0, mode="clip")
-  values = jnp.where(valid[..., None], values, jnp.zeros((), u.dtype))
-  if wx is None:
-    return values[:, :, 0, 0, :]
-  weights = wy[..., :, None] * wx[..., None, :]
-  weights = jnp.where(valid, weights, jnp.zeros_like(weights))
-  out = jnp.einsum("hwab,hwabc->hwc", weights, values.astype(weights.dtype))
+  # One gather of whole channel vectors per tap, combined as it goes. Stacking the taps
+  # into one (Ho, Wo, T, T, C) gather would materialise T*T times the output and, on
+  # XLA:CPU, runs several times slower (benchmarks/bench_sampler.py).
+  flat_u = u.reshape(h * w, c)
+  readable = ~unreadable
+  out = None
+  for a in range(iy.shape[-1]):
+    for b in range(ix.shape[-1]):
+      valid = valid_y[..., a] & valid_x[..., b] & readable
+      values = flat_u.at[iy[..., a] * w + ix[..., b]].get(mode="promise_in_bounds")
+      # Mask the values, not just the weights: 0 * inf would be NaN.
+      values = jnp.where(valid[..., None], values, jnp.zeros((), u.dtype))
+      if wx is None:
+        return values
+      weight = jnp.where(valid, wy[..., a] * wx[..., b], jnp.zeros((), wx.dtype))
+      term = values.astype(weight.dtype) * weight[..., None]
+      out = term if out is None else out + term
   return out.astype(u.dtype)
 
 
