@@ -304,3 +304,30 @@ def test_jitted_sample_does_not_retrace():
     r = np.random.default_rng(seed)
     f(r.normal(size=(4, 4, 1)), r.uniform(-1, 1, size=(2, 2, 2))).block_until_ready()
   assert len(traces) == 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_lanczos_derivatives_are_exact_near_pixel_centres(dtype):
+  # k(d) = sinc(d) sinc(d / a): k'(d) ~ -(pi^2 / 3)(1 + 1 / a^2) d and k''(0) = that slope.
+  a = 3
+  slope = -(np.pi**2 / 3) * (1 + 1 / a**2)
+  k = kernels.lanczos(a)
+  for d in (1e-9, 1e-7, 1e-5, 1e-3):
+    x = jnp.asarray(d, dtype)
+    np.testing.assert_allclose(jax.grad(k)(x), slope * d, rtol=1e-4)
+    np.testing.assert_allclose(jax.grad(jax.grad(k))(x), slope, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+  "kernel", ["bicubic", kernels.lanczos(3), kernels.gaussian(0.8)], ids=kernel_id
+)
+def test_second_derivative_on_the_lattice_equals_its_right_hand_limit(rng, kernel):
+  # theta = identity puts every point on a pixel centre, so Hessians there matter.
+  U = jnp.asarray(rng.normal(size=(1, 8, 1)))
+
+  def value(x):
+    g = stn_jax.pixel_to_normalized(jnp.stack([x, jnp.zeros_like(x)])[None, None], (1, 8))
+    return stn_jax.sample(U, g, kernel)[0, 0, 0]
+
+  second = jax.grad(jax.grad(value))
+  np.testing.assert_allclose(second(jnp.float64(4.0)), second(jnp.float64(4.0 + 1e-9)), rtol=1e-6)
