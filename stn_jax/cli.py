@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     "--data-dir", default=None, help="local MNIST IDX files instead of bundled digits"
   )
   train.add_argument("--no-progress", action="store_true", help="no progress bar")
+  train.add_argument(
+    "--data-parallel",
+    choices=("auto", "on", "off"),
+    default="auto",
+    help="split each batch over all devices with jax.sharding (auto: when there are several)",
+  )
   # Simulates an interruption after N steps (for testing --resume).
   train.add_argument("--stop-after", type=_positive, default=None, help=argparse.SUPPRESS)
 
@@ -147,15 +153,43 @@ def _config(args: argparse.Namespace):
     raise UsageError(str(e)) from None
 
 
-def _run(config, out: str, *, resume: bool, progress: bool, stop_after=None, data=None) -> dict:
+def _mesh_check(mode: str, batch_size: int) -> None:
+  from stn_jax import train
+
+  try:
+    train.make_mesh(mode, batch_size)
+  except ValueError as e:
+    raise UsageError(str(e).replace("data_parallel='off'", "--data-parallel off")) from None
+
+
+def _run(
+  config,
+  out: str,
+  *,
+  resume: bool,
+  progress: bool,
+  stop_after=None,
+  data=None,
+  data_parallel: str = "auto",
+) -> dict:
   from stn_jax import train
 
   try:
     return train.train_and_evaluate(
-      config, out, resume=resume, stop_after=stop_after, progress=progress, data=data
+      config,
+      out,
+      resume=resume,
+      stop_after=stop_after,
+      progress=progress,
+      data=data,
+      data_parallel=data_parallel,
     )
-  except FileExistsError as e:
+  except (FileExistsError, train.CheckpointError) as e:
     raise UsageError(str(e)) from None
+  except OSError as e:
+    # A full disk or a folder that became unwritable while writing results.
+    where = f" {e.filename!r}" if e.filename else ""
+    raise UsageError(f"cannot write{where}: {e.strerror or e}") from None
 
 
 def _print_result(out: str, metrics: dict) -> None:
@@ -169,10 +203,16 @@ def _print_result(out: str, metrics: dict) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
   out = args.out or os.path.join(DEFAULT_OUT, f"{args.task}-{args.model}")
   config = _config(args)
+  _mesh_check(args.data_parallel, config.batch_size)
   _writable_dir(out)
   _check_data_dir(config.data_dir)
   metrics = _run(
-    config, out, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after
+    config,
+    out,
+    resume=args.resume,
+    progress=not args.no_progress,
+    stop_after=args.stop_after,
+    data_parallel=args.data_parallel,
   )
   if "stopped_at" in metrics:
     print(f"stopped after step {metrics['stopped_at']}; continue with --resume ({out})")
@@ -190,7 +230,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = train.read_config(args.out)
     _check_data_dir(config.data_dir)
     result = train.evaluate_workdir(args.out)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, train.CheckpointError) as e:
     raise UsageError(str(e)) from None
   print(
     f"step {result['step']}/{result['steps']}: test error {100 * result['test_error']:.2f}% "

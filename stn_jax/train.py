@@ -10,6 +10,36 @@ each), so a run resumed from a checkpoint retraces an uninterrupted one exactly.
 set is a fixed :func:`stn_jax.datasets.make_dataset` of held-out digits from
 ``data_seed``.
 
+Faults: checkpoints are orbax's, written to a temporary folder and renamed when complete,
+so a run killed at any moment (even mid-save) resumes from its last complete checkpoint
+and ends exactly as an uninterrupted run would. A checkpoint that cannot be written (full
+disk, unwritable folder) or read raises :class:`CheckpointError`, whose message is one
+line; the earlier checkpoints are left as they were.
+
+Data parallelism: with ``data_parallel="on"`` (or ``"auto"`` and more than one device),
+:func:`make_mesh` builds a 1-D :class:`jax.sharding.Mesh` over every device with the axis
+``"batch"``. Parameters, optimizer state and the digits are replicated
+(``NamedSharding(mesh, P())``); the step's batch is constrained to
+``NamedSharding(mesh, P("batch"))``, so each device distorts and differentiates its slice
+of the batch and XLA all-reduces the gradients. ``batch_size`` must divide by the device
+count. Results equal single-device training up to float32 round-off (the gradient sums
+are reduced in another order).
+
+Multi-host: start the same command on every host, with ``jax.distributed.initialize()``
+called before anything else touches JAX (on Cloud TPU and SLURM it finds its peers itself;
+elsewhere pass ``coordinator_address``, ``num_processes`` and ``process_id``), and
+``--out`` on a filesystem all hosts share. ``jax.devices()`` then lists every host's
+devices, the mesh spans them all, and each process generates the same global batch
+inside the jitted step (a pure function of ``(seed, step)``), so no host feeds data to
+another. Orbax writes the checkpoints collectively; only process 0 writes
+``config.json``, ``metrics.json`` and the figure. On each host::
+
+  import jax
+  jax.distributed.initialize()  # first, before any computation
+
+  from stn_jax import cli
+  cli.main(["train", "--out", "/shared/run", "--batch-size", "256"])
+
 Needs the ``demo`` extra (orbax-checkpoint, tqdm, matplotlib, scikit-learn).
 """
 
@@ -26,6 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from stn_jax import datasets
 from stn_jax._src.grids import TRANSFORMS
@@ -43,6 +75,13 @@ METRICS_FILE = "metrics.json"
 EVAL_FILE = "eval.json"
 FIGURE_FILE = "transformer.png"
 CHECKPOINT_DIR = "checkpoints"
+
+DATA_PARALLEL = ("auto", "on", "off")
+BATCH_AXIS = "batch"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written or read; the message is one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,17 +230,78 @@ def _loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
   return loss, correct
 
 
+def make_mesh(data_parallel: str = "auto", batch_size: int | None = None) -> Mesh | None:
+  """The data-parallel mesh: every device along one ``"batch"`` axis, or ``None``.
+
+  Args:
+    data_parallel: ``"auto"`` (a mesh when more than one device is visible), ``"on"``
+      (a mesh even over one device) or ``"off"`` (``None``: single-device training).
+    batch_size: checked to divide by the device count when a mesh is returned.
+
+  Returns:
+    A :class:`jax.sharding.Mesh` of shape ``(jax.device_count(),)`` or ``None``.
+
+  Raises:
+    ValueError: an unknown ``data_parallel`` or a batch that does not divide.
+
+  >>> make_mesh("off") is None
+  True
+  >>> make_mesh("on", 8).axis_names
+  ('batch',)
+  """
+  if data_parallel not in DATA_PARALLEL:
+    raise ValueError(f"data_parallel must be one of {DATA_PARALLEL}; got {data_parallel!r}.")
+  n = jax.device_count()
+  if data_parallel == "off" or (data_parallel == "auto" and n == 1):
+    return None
+  if batch_size is not None and batch_size % n:
+    raise ValueError(
+      f"batch size must be divisible by the {n} devices for data-parallel training "
+      f"(or pass data_parallel='off'); got {batch_size}."
+    )
+  # Auto axes: XLA's partitioner places what the sharding constraints leave open.
+  return jax.make_mesh((n,), (BATCH_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
 def make_train_step(
-  graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation, config: Config
+  graphdef: nnx.GraphDef,
+  rest: nnx.State,
+  tx: optax.GradientTransformation,
+  config: Config,
+  *,
+  mesh: Mesh | None = None,
 ) -> Callable[..., Any]:
   """A jitted ``step(params, opt_state, digits, labels, key, i)``.
 
   The step index is a traced argument, so the function compiles once for the whole run.
-  """
 
-  @jax.jit
+  Args:
+    graphdef: the model's structure.
+    rest: the model's non-parameter state.
+    tx: the optimizer.
+    config: the experiment.
+    mesh: data-parallel over this :func:`make_mesh` mesh: every argument and output
+      replicated, the batch split along ``"batch"``. ``None``: one device.
+  """
+  if mesh is not None:
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P(BATCH_AXIS))
+
+    def split_batch(x: jax.Array) -> jax.Array:
+      return jax.lax.with_sharding_constraint(x, batch_sharding)
+
+    jit = functools.partial(jax.jit, in_shardings=replicated, out_shardings=replicated)
+  else:
+
+    def split_batch(x: jax.Array) -> jax.Array:
+      return x
+
+    jit = jax.jit
+
+  @jit
   def step(params, opt_state, digits, labels, key, i):
     images, targets = batch_for_step(config.task, key, i, digits, labels, config.batch_size)
+    images, targets = split_batch(images), split_batch(targets)
 
     def loss_fn(p):
       logits, _ = nnx.merge(graphdef, p, rest)(images)
@@ -275,41 +375,91 @@ def save_figure(model: Classifier, images: np.ndarray, labels: np.ndarray, path:
   plt.close(fig)
 
 
-def _checkpoint_manager(workdir: str):
+def _checkpoint_manager(workdir: str, *, read_only: bool = False):
   import orbax.checkpoint as ocp
 
-  options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=2,
+    enable_async_checkpointing=False,
+    read_only=read_only,
+    # The trainer deletes what a killed save left behind; a reader must not, as the
+    # trainer may be writing it right now.
+    cleanup_tmp_directories=not read_only,
+  )
   return ocp.CheckpointManager(
     os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options
   )
 
 
-def _restore(manager, params: nnx.State, opt_state: Any) -> tuple[Any, Any, dict[str, Any]]:
+def _one_line(e: BaseException) -> str:
+  text = " ".join(str(e).split()) or type(e).__name__
+  return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _restore(
+  manager, params: nnx.State, opt_state: Any, *, sharding: NamedSharding | None = None
+) -> tuple[Any, Any, dict[str, Any]]:
+  """The latest complete checkpoint, restored onto ``sharding`` (default: as ``params``).
+
+  Orbax lists only finalized checkpoints (a save killed part-way leaves a
+  ``*.orbax-checkpoint-tmp*`` folder that it skips), so what is read was written whole.
+
+  Raises:
+    CheckpointError: the latest checkpoint exists but cannot be read.
+  """
   import orbax.checkpoint as ocp
 
-  abstract = jax.tree.map(
-    ocp.utils.to_shape_dtype_struct, {"params": params, "opt_state": opt_state}
-  )
-  restored = manager.restore(
-    manager.latest_step(),
-    args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
-    ),
-  )
-  return restored.state["params"], restored.state["opt_state"], restored.history
+  def abstract(x: jax.Array) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or x.sharding)
+
+  step = manager.latest_step()
+  target = jax.tree.map(abstract, {"params": params, "opt_state": opt_state})
+  try:
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), history=ocp.args.JsonRestore()
+      ),
+    )
+    history = restored.history
+    if not isinstance(history, dict) or not {"history", "pending"} <= history.keys():
+      raise ValueError("its training log is missing")
+  except Exception as e:
+    path = os.path.join(str(manager.directory), str(step))
+    raise CheckpointError(
+      f"cannot read checkpoint {path!r} ({type(e).__name__}: {_one_line(e)}); "
+      "delete that folder to resume from the checkpoint before it."
+    ) from e
+  return restored.state["params"], restored.state["opt_state"], history
 
 
 def _save(manager, step: int, params: nnx.State, opt_state: Any, log: dict[str, Any]) -> None:
+  """Saves synchronously; orbax renames the temporary folder only once all of it is written.
+
+  Raises:
+    CheckpointError: the save failed (e.g. ``ENOSPC``); the earlier checkpoints are intact.
+  """
   import orbax.checkpoint as ocp
 
-  manager.save(
-    step,
-    args=ocp.args.Composite(
-      state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
-      history=ocp.args.JsonSave(log),
-    ),
-    force=True,
-  )
+  previous = manager.latest_step()
+  try:
+    manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
+        history=ocp.args.JsonSave(log),
+      ),
+      force=True,
+    )
+    manager.wait_until_finished()
+  except Exception as e:
+    # Whatever failed (a full disk surfaces as OSError from Python writes and as
+    # ValueError from tensorstore's), the step was not finalized.
+    kept = "no earlier checkpoint" if previous is None else f"checkpoint {previous} is intact"
+    raise CheckpointError(
+      f"cannot write checkpoint {step} to {str(manager.directory)!r} "
+      f"({type(e).__name__}: {_one_line(e)}); {kept}."
+    ) from e
 
 
 def read_config(workdir: str) -> Config:
@@ -340,6 +490,7 @@ def train_and_evaluate(
   stop_after: int | None = None,
   progress: bool = True,
   data: dict[str, np.ndarray] | None = None,
+  data_parallel: str = "auto",
 ) -> dict[str, Any]:
   """Trains ``config`` into ``workdir`` and evaluates it on the held-out test set.
 
@@ -357,13 +508,21 @@ def train_and_evaluate(
       were interrupted; for testing ``resume``.
     progress: show a tqdm progress bar.
     data: the output of :func:`load_data`, to share it between runs.
+    data_parallel: ``"auto"``, ``"on"`` or ``"off"``; see :func:`make_mesh`. Not part of
+      the config: a run may resume on another number of devices.
 
   Returns:
     The metrics, also written to ``metrics.json`` (``None`` values if stopped early).
 
   Raises:
     FileExistsError: ``workdir`` holds a run and ``resume`` is False, or a different run.
+    ValueError: ``batch_size`` does not divide by the device count (data-parallel).
+    CheckpointError: a checkpoint cannot be written or read (one-line message).
+    OSError: ``workdir`` cannot be written.
   """
+  mesh = make_mesh(data_parallel, config.batch_size)
+  # Files other than checkpoints are written by one process (multi-host: a shared folder).
+  writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   config_path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(config_path):
@@ -382,7 +541,8 @@ def train_and_evaluate(
         f"cannot resume {workdir!r}: expected the settings it was started with; got different "
         f"{', '.join(changed)}."
       )
-  _write_json(config_path, config.to_json())
+  if writer:
+    _write_json(config_path, config.to_json())
 
   # The test set is only generated once training is done (an interrupted run skips it).
   data = load_data(config, test=False) if data is None else data
@@ -394,61 +554,67 @@ def train_and_evaluate(
   history: list[dict[str, Any]] = []
   pending: list[Any] = []
   start = 0
-  if resume and manager.latest_step() is not None:
-    start = manager.latest_step()
-    params, opt_state, log = _restore(manager, params, opt_state)
-    history = log["history"]
-    # The losses of a logging window the checkpoint cut through, so its entry is whole.
-    pending = [(np.float32(loss), np.int64(c)) for loss, c in log["pending"]]
-
-  step_fn = make_train_step(graphdef, rest, tx, config)
+  replicated = None if mesh is None else NamedSharding(mesh, P())
+  if replicated is not None and jax.process_count() == 1:
+    # Fresh parameters live on one device; a multi-host run restores onto the mesh instead.
+    params, opt_state = jax.device_put((params, opt_state), replicated)
+  step_fn = make_train_step(graphdef, rest, tx, config, mesh=mesh)
   digits, labels = jnp.asarray(data["digits"]), jnp.asarray(data["labels"])
   key = jax.random.fold_in(jax.random.key(config.seed), 1)
   end = config.steps if stop_after is None else min(config.steps, stop_after)
-
   bar = None
-  if progress:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=config.steps, initial=start, desc=f"{config.model} {config.task}", unit="step")
   timed_steps, timed_seconds = 0, 0.0
-  tick = time.perf_counter()
-  for i in range(start, end):
-    params, opt_state, loss, correct = step_fn(params, opt_state, digits, labels, key, i)
-    pending.append((loss, correct))
-    done = i + 1
-    if done % config.log_every == 0 or done == config.steps:
-      losses, corrects = zip(*jax.device_get(pending), strict=True)
-      entry = {
-        "step": done,
-        "loss": float(np.mean(losses)),
-        "accuracy": float(np.sum(corrects)) / (config.batch_size * len(pending)),
-      }
-      history.append(entry)
-      pending = []
+  try:
+    if resume and manager.latest_step() is not None:
+      start = manager.latest_step()
+      params, opt_state, log = _restore(manager, params, opt_state, sharding=replicated)
+      history = log["history"]
+      # The losses of a logging window the checkpoint cut through, so its entry is whole.
+      pending = [(np.float32(loss), np.int64(c)) for loss, c in log["pending"]]
+    if progress and writer:
+      from tqdm.auto import tqdm
+
+      desc = f"{config.model} {config.task}"
+      bar = tqdm(total=config.steps, initial=start, desc=desc, unit="step")
+    tick = time.perf_counter()
+    for i in range(start, end):
+      params, opt_state, loss, correct = step_fn(params, opt_state, digits, labels, key, i)
+      pending.append((loss, correct))
+      done = i + 1
+      if done % config.log_every == 0 or done == config.steps:
+        losses, corrects = zip(*jax.device_get(pending), strict=True)
+        entry = {
+          "step": done,
+          "loss": float(np.mean(losses)),
+          "accuracy": float(np.sum(corrects)) / (config.batch_size * len(pending)),
+        }
+        history.append(entry)
+        pending = []
+        if bar is not None:
+          bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['accuracy']:.4f}")
+      if done % config.checkpoint_every == 0 or done == config.steps:
+        jax.block_until_ready(params)
+        window = [(float(loss), int(c)) for loss, c in jax.device_get(pending)]
+        _save(manager, done, params, opt_state, {"history": history, "pending": window})
       if bar is not None:
-        bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['accuracy']:.4f}")
-    if done % config.checkpoint_every == 0 or done == config.steps:
-      jax.block_until_ready(params)
-      window = [(float(loss), int(c)) for loss, c in jax.device_get(pending)]
-      _save(manager, done, params, opt_state, {"history": history, "pending": window})
+        bar.update(1)
+      if i == start:
+        # The first step compiles; time the rest.
+        jax.block_until_ready(params)
+        tick = time.perf_counter()
+      else:
+        timed_steps += 1
+    jax.block_until_ready(params)
+    timed_seconds = time.perf_counter() - tick
+  finally:
     if bar is not None:
-      bar.update(1)
-    if i == start:
-      # The first step compiles; time the rest.
-      jax.block_until_ready(params)
-      tick = time.perf_counter()
-    else:
-      timed_steps += 1
-  jax.block_until_ready(params)
-  timed_seconds = time.perf_counter() - tick
-  if bar is not None:
-    bar.close()
-  manager.wait_until_finished()
-  manager.close()
+      bar.close()
+    manager.close()
   if end < config.steps:
     return {"stopped_at": end, "history": history}
 
+  # Evaluate on one device, from host copies of the (replicated) parameters.
+  params = jax.device_get(params)
   if "test_images" not in data:
     data = {**data, **load_test_data(config)}
   model = nnx.merge(graphdef, params, rest)
@@ -457,12 +623,14 @@ def train_and_evaluate(
   metrics["num_test_images"] = len(data["test_images"])
   metrics["steps_per_second"] = timed_steps / timed_seconds if timed_steps else None
   metrics["resumed_from"] = start
+  metrics["devices"] = 1 if mesh is None else mesh.size
   metrics["history"] = history
-  _write_json(os.path.join(workdir, METRICS_FILE), metrics)
-  n = 8
-  save_figure(
-    model, data["test_images"][:n], data["test_labels"][:n], os.path.join(workdir, FIGURE_FILE)
-  )
+  if writer:
+    _write_json(os.path.join(workdir, METRICS_FILE), metrics)
+    n = 8
+    save_figure(
+      model, data["test_images"][:n], data["test_labels"][:n], os.path.join(workdir, FIGURE_FILE)
+    )
   return metrics
 
 
@@ -473,18 +641,21 @@ def evaluate_workdir(workdir: str) -> dict[str, Any]:
 
   Raises:
     FileNotFoundError: ``workdir`` holds no run or no checkpoint.
+    CheckpointError: the latest checkpoint cannot be read.
   """
   config = read_config(workdir)
   model = create_model(config)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = create_optimizer(config, params)
-  manager = _checkpoint_manager(workdir)
+  manager = _checkpoint_manager(workdir, read_only=True)
   step = manager.latest_step()
   if step is None:
     manager.close()
     raise FileNotFoundError(f"no checkpoint in {workdir!r}; train first.")
-  params, _, _ = _restore(manager, params, tx.init(params))
-  manager.close()
+  try:
+    params, _, _ = _restore(manager, params, tx.init(params))
+  finally:
+    manager.close()
   data = load_data(config)
   result = {"step": step, "steps": config.steps}
   result.update(evaluate(graphdef, params, rest, data["test_images"], data["test_labels"]))
