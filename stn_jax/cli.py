@@ -6,6 +6,7 @@ unwritable output folder, missing data) end with one line on stderr and exit cod
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -24,6 +25,9 @@ DEMO_STEPS = {"cnn": 1200, "st-cnn": 3000}
 
 class UsageError(Exception):
   """A mistake in the command line or its environment, reported in one line (exit 2)."""
+
+  # Set when a checkpoint write failed part-way: see main().
+  exit_at_once = False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -184,8 +188,12 @@ def _run(
       data=data,
       data_parallel=data_parallel,
     )
-  except (FileExistsError, train.CheckpointError) as e:
+  except FileExistsError as e:
     raise UsageError(str(e)) from None
+  except train.CheckpointError as e:
+    error = UsageError(str(e))
+    error.exit_at_once = e.__cause__ is not None and "cannot write" in str(e)
+    raise error from None
   except OSError as e:
     # A full disk or a folder that became unwritable while writing results.
     where = f" {e.filename!r}" if e.filename else ""
@@ -284,11 +292,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``stn-jax`` console script; returns the exit code."""
   args = build_parser().parse_args(argv)
+  # Orbax logs a failed save's traceback through absl at ERROR level; the CLI reports the
+  # failure itself, in one line.
+  logging.getLogger("absl").setLevel(logging.CRITICAL)
   command = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}[args.command]
   try:
     return command(args)
   except UsageError as e:
     print(f"stn-jax {args.command}: error: {e}", file=sys.stderr)
+    if e.exit_at_once and argv is None:
+      # Run as the program: a save that failed part-way leaves orbax's tensorstore writes
+      # in flight on a closed event loop, which print tracebacks at interpreter shutdown.
+      # Nothing of ours is pending (results are written atomically), so end here.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(2)
     return 2
   except KeyboardInterrupt:
     print(f"stn-jax {args.command}: interrupted", file=sys.stderr)
