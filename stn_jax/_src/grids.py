@@ -19,6 +19,10 @@ _THETA_SHAPES = {"affine": "(..., 2, 3)", "attention": "(..., 3)", "projective":
 def default_control_points() -> np.ndarray:
   """The 16 default TPS control points: a 4x4 lattice over ``[-1, 1]^2``, row-major.
 
+  Convention:
+    Normalised coordinates of the *output* grid (``[-1, 1]`` spans it), ``(x, y)`` per row,
+    x along the width; row-major: ``np.stack(np.meshgrid(side, side), -1).reshape(16, 2)``.
+
   Returns:
     ``(16, 2)`` float64 array of ``(x, y)`` rows: x varies fastest.
 
@@ -128,6 +132,11 @@ def identity_theta(
   Use it as the bias of a localisation network's last layer (with a zero kernel), so that a
   spatial transformer starts as the identity.
 
+  Convention:
+    ``theta`` as :func:`make_grid` reads it: affine ``[[1, 0, 0], [0, 1, 0]]``, attention
+    ``(s, tx, ty) = (1, 0, 0)``, projective the 3x3 identity, TPS targets equal to the
+    sources.
+
   Args:
     transform: one of ``"affine"``, ``"attention"``, ``"projective"``, ``"tps"``.
     control_points: the TPS sources (default :func:`default_control_points`).
@@ -153,6 +162,10 @@ def identity_theta(
 
 def attention_to_affine(theta: ArrayLike) -> jax.Array:
   """Expands attention parameters ``(s, tx, ty)`` to ``[[s, 0, tx], [0, s, ty]]``.
+
+  Convention:
+    Pull map in normalised coordinates: output point ``(x, y)`` reads the input at
+    ``(s x + tx, s y + ty)``, so ``s < 1`` zooms in and ``tx > 0`` looks to the right.
 
   Args:
     theta: ``(..., 3)``.
@@ -218,6 +231,10 @@ def invert(theta: ArrayLike) -> jax.Array:
 
   ``compose(theta, invert(theta))`` is the identity; a singular ``theta`` gives inf/NaN
   entries, as ``jnp.linalg.inv`` does.
+
+  Convention:
+    ``theta`` maps normalised output coordinates to input coordinates (pull), so warping by
+    ``invert(theta)`` undoes a warp by ``theta`` where both read inside the image.
 
   Args:
     theta: ``(..., 2, 3)`` or ``(..., 3, 3)``.

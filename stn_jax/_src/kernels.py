@@ -89,6 +89,9 @@ def keys_cubic(a: float = -0.75) -> Kernel:
       a|d|^3 - 5a|d|^2 + 8a|d| - 4a & 1 < |d| < 2
     \end{cases}
 
+  Convention:
+    ``d`` is a distance in input pixels, as for :class:`Kernel`.
+
   Args:
     a: the free parameter (a traced value is differentiable).
 
@@ -115,6 +118,9 @@ def triangle() -> Kernel:
   Under ``padding_mode="zeros"`` it equals ``kernel="bilinear"``; under the other modes
   ``"bilinear"`` pads the coordinate (PyTorch's rule) while this pads each tap.
 
+  Convention:
+    ``d`` is a distance in input pixels, as for :class:`Kernel`.
+
   >>> float(triangle()(0.25))
   0.75
   """
@@ -123,6 +129,9 @@ def triangle() -> Kernel:
 
 def lanczos(a: int = 3) -> Kernel:
   r"""The Lanczos windowed sinc, ``sinc(d) sinc(d / a)`` for ``|d| < a``.
+
+  Convention:
+    ``d`` is a distance in input pixels, as for :class:`Kernel`.
 
   Args:
     a: lobes on each side, a positive integer; 2 and 3 are common.
@@ -158,6 +167,9 @@ def gaussian(sigma: ArrayLike, radius: float | None = None) -> Kernel:
 
   Normalised so that its taps sum to about 1 for ``sigma >~ 0.5`` (a blur that keeps
   brightness). ``sigma`` may be a traced, learnable array.
+
+  Convention:
+    ``d`` is a distance in input pixels, as for :class:`Kernel`.
 
   Args:
     sigma: standard deviation in input pixels, > 0.
