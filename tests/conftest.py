@@ -14,6 +14,16 @@ TOLERANCES = {
 }
 
 
+def assert_close(actual, expected, what, rtol=1e-10, atol=1e-10):
+  """Same shape and allclose (float64 round-off by default), naming what was compared."""
+  actual = np.asarray(actual)
+  expected = np.asarray(expected)
+  assert actual.shape == expected.shape, (
+    f"{what}: shape {actual.shape} != expected {expected.shape}"
+  )
+  np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)

@@ -14,27 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_close
 
 import stn_jax
 from stn_jax import kernels as K
-
-RTOL = 1e-10
-ATOL = 1e-10
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _x64():
   assert jax.config.jax_enable_x64, "float64 must be enabled (jax_enable_x64) for oracle tests"
   yield
-
-
-def assert_close(actual, expected, what, rtol=RTOL, atol=ATOL):
-  actual = np.asarray(actual)
-  expected = np.asarray(expected)
-  assert actual.shape == expected.shape, (
-    f"{what}: shape {actual.shape} != expected {expected.shape}"
-  )
-  np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
 
 
 # --- oracles

@@ -21,13 +21,12 @@ torch = pytest.importorskip(
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from conftest import assert_close  # noqa: E402
 
 import stn_jax  # noqa: E402
 
 F = torch.nn.functional
 
-RTOL = 1e-10
-ATOL = 1e-10
 
 KERNELS = ("nearest", "bilinear", "bicubic")
 PADDINGS = ("zeros", "border", "reflection")
@@ -87,15 +86,6 @@ def jax_sample_vjp(U, grid, kernel, padding_mode, align_corners, R):
   V, vjp = jax.vjp(f, jnp.asarray(U), jnp.asarray(grid))
   dU, dg = vjp(jnp.asarray(R, dtype=V.dtype))
   return V, dU, dg
-
-
-def assert_close(actual, expected, what, rtol=RTOL, atol=ATOL):
-  actual = np.asarray(actual)
-  expected = np.asarray(expected)
-  assert actual.shape == expected.shape, (
-    f"{what}: shape {actual.shape} != expected {expected.shape}"
-  )
-  np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
 
 
 def random_inputs(seed, N=2, H=5, W=7, C=3, Ho=4, Wo=6, lim=1.6):

@@ -182,8 +182,7 @@ def _sample_one(
   flat_u = u.reshape(h * w, c)
   wx, wy, index, valid = _taps(h, w, g, kernel, padding_mode, align_corners)
   if wx is None:
-    values = flat_u.at[index[0][0]].get(mode="promise_in_bounds")
-    return jnp.where(valid[0][0][..., None], values, jnp.zeros((), u.dtype))
+    return _masked_gather(flat_u, index[0][0], valid[0][0])
   return _combine_taps(flat_u, wx, wy, index, valid)
 
 
