@@ -13,8 +13,8 @@ import time
 from collections.abc import Sequence
 
 from stn_jax import datasets
+from stn_jax._src.models import MODELS
 
-MODELS = ("cnn", "st-cnn")
 TRANSFORMS = ("affine", "attention", "projective", "tps")
 DEFAULT_OUT = os.path.join(".", "stn_out")
 

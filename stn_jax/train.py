@@ -68,7 +68,8 @@ from stn_jax._src.models import Classifier as Classifier
 # Peak learning rates on RTS, batch 128. The CNN is sensitive: over the first 300 of 1200
 # steps 3e-3 reached loss 0.51 where 1e-3 reached 0.85 (1e-3 ended at 13.5% test error,
 # underfitting). The ST-CNN's 2e-3 gave 2.9% after 3000 steps; neither is tuned further.
-DEFAULT_LR = {"cnn": 3e-3, "st-cnn": 2e-3}
+# The FCNs' 1e-3 is Adam's usual rate, untuned (they exist for benchmarks/paper_table1.py).
+DEFAULT_LR = {"cnn": 3e-3, "st-cnn": 2e-3, "fcn": 1e-3, "st-fcn": 1e-3}
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -90,8 +91,8 @@ class Config:
 
   Attributes:
     task: a :data:`stn_jax.datasets.TASKS` distortion.
-    model: ``"cnn"`` or ``"st-cnn"``.
-    transform: the transformer's family (``"st-cnn"`` only).
+    model: one of :data:`MODELS` (``"cnn"``, ``"st-cnn"``, ``"fcn"``, ``"st-fcn"``).
+    transform: the transformer's family (``"st-"`` models only).
     steps: optimisation steps.
     batch_size: examples per step.
     lr: peak learning rate; ``None`` takes :data:`DEFAULT_LR` for the model.
@@ -634,10 +635,8 @@ def train_and_evaluate(
   return metrics
 
 
-def evaluate_workdir(workdir: str) -> dict[str, Any]:
-  """Restores the latest checkpoint in ``workdir`` and scores it on its test set.
-
-  Writes ``eval.json``.
+def restore_model(workdir: str) -> tuple[Classifier, int]:
+  """The model of the latest checkpoint in ``workdir``, and that checkpoint's step.
 
   Raises:
     FileNotFoundError: ``workdir`` holds no run or no checkpoint.
@@ -656,6 +655,21 @@ def evaluate_workdir(workdir: str) -> dict[str, Any]:
     params, _, _ = _restore(manager, params, tx.init(params))
   finally:
     manager.close()
+  return nnx.merge(graphdef, params, rest), step
+
+
+def evaluate_workdir(workdir: str) -> dict[str, Any]:
+  """Restores the latest checkpoint in ``workdir`` and scores it on its test set.
+
+  Writes ``eval.json``.
+
+  Raises:
+    FileNotFoundError: ``workdir`` holds no run or no checkpoint.
+    CheckpointError: the latest checkpoint cannot be read.
+  """
+  config = read_config(workdir)
+  model, step = restore_model(workdir)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   data = load_data(config)
   result = {"step": step, "steps": config.steps}
   result.update(evaluate(graphdef, params, rest, data["test_images"], data["test_labels"]))

@@ -1,4 +1,4 @@
-"""The classifiers of the training example: a plain CNN and the same CNN behind a transformer."""
+"""The classifiers of the training example: a CNN or an FCN, alone or behind a transformer."""
 
 import math
 from collections.abc import Sequence
@@ -9,7 +9,7 @@ from jax.typing import ArrayLike
 
 from stn_jax import nnx as stn_nnx
 
-MODELS = ("cnn", "st-cnn")
+MODELS = ("cnn", "st-cnn", "fcn", "st-fcn")
 
 # The transformer's output: the paper's ST-CNN classifies a 28x28 view whatever the input.
 ST_OUTPUT_SHAPE = (28, 28)
@@ -63,28 +63,76 @@ class CNN(nnx.Module):
     return self.logits(x)
 
 
-class Classifier(nnx.Module):
-  """``"cnn"``: the CNN on the input; ``"st-cnn"``: a spatial transformer, then the CNN.
+class FCN(nnx.Module):
+  """The paper's fully connected baseline: two hidden dense layers and the logits, ReLU.
 
-  The ST-CNN localises on the full input and samples a :data:`ST_OUTPUT_SHAPE` view, the
-  paper's downsampling transformer (42x42 in, 28x28 out for RTS), so its CNN is the one
-  a 28x28 input gets.
+  Three weight layers, as the paper's classifiers have. The default widths match the
+  :class:`CNN`'s parameter count on the same input, because both grow by about 256
+  weights per input pixel (the CNN's dense layer reads ``H/4 * W/4 * 32`` features into
+  128 units): FCN / CNN parameters are 235,146 / 216,170 on 28x28, 486,026 / 511,082 on
+  42x42 and 956,042 / 937,066 on 60x60. An ``"st-"`` model adds its transformer's
+  21,670 (affine) to 22,528 (TPS) to the 28x28 classifier, whatever the input size.
+
+  Args:
+    input_shape: ``(H, W)`` of the images (the first layer's width depends on it).
+    in_features: channels of the images.
+    num_classes: number of logits.
+    hidden: widths of the two hidden layers.
+    rngs: NNX random streams.
+
+  >>> import jax.numpy as jnp
+  >>> FCN((28, 28), rngs=nnx.Rngs(0))(jnp.zeros((2, 28, 28, 1))).shape
+  (2, 10)
+  """
+
+  def __init__(
+    self,
+    input_shape: Sequence[int],
+    *,
+    in_features: int = 1,
+    num_classes: int = 10,
+    hidden: Sequence[int] = (256, 128),
+    rngs: nnx.Rngs,
+  ):
+    h1, h2 = hidden
+    h, w = input_shape
+    self.dense1 = nnx.Linear(h * w * in_features, h1, rngs=rngs)
+    self.dense2 = nnx.Linear(h1, h2, rngs=rngs)
+    self.logits = nnx.Linear(h2, num_classes, rngs=rngs)
+
+  def __call__(self, x: ArrayLike) -> jax.Array:
+    """``(N, H, W, C)`` images to ``(N, num_classes)`` logits."""
+    x = nnx.relu(self.dense1(x.reshape(x.shape[0], -1)))
+    x = nnx.relu(self.dense2(x))
+    return self.logits(x)
+
+
+class Classifier(nnx.Module):
+  """A :class:`CNN` or :class:`FCN` on the input, or (``"st-"``) behind a spatial transformer.
+
+  ``"cnn"`` and ``"fcn"`` classify the input. ``"st-cnn"`` and ``"st-fcn"`` localise on the
+  full input and sample a :data:`ST_OUTPUT_SHAPE` view, the paper's downsampling
+  transformer (42x42 in, 28x28 out for RTS), so their classifier is the one a 28x28 input
+  gets; both use the same transformer.
 
   Args:
     input_shape: ``(H, W)`` of the images.
-    model: ``"cnn"`` or ``"st-cnn"``.
-    transform: the transformer's family (``"st-cnn"`` only).
+    model: one of :data:`MODELS`.
+    transform: the transformer's family (``"st-"`` models only).
     rngs: NNX random streams.
 
   Attributes:
-    stn: the :class:`stn_jax.nnx.SpatialTransformer` (``"st-cnn"``), else ``None``.
-    cnn: the :class:`CNN`.
+    stn: the :class:`stn_jax.nnx.SpatialTransformer` (``"st-"`` models), else ``None``.
+    cnn: the :class:`CNN` (``"cnn"``, ``"st-cnn"``), else ``None``.
+    fcn: the :class:`FCN` (``"fcn"``, ``"st-fcn"``), else ``None``.
 
   >>> import jax.numpy as jnp
   >>> net = Classifier((42, 42), model="st-cnn", rngs=nnx.Rngs(0))
   >>> logits, V = net(jnp.zeros((2, 42, 42, 1)))
   >>> logits.shape, V.shape
   ((2, 10), (2, 28, 28, 1))
+  >>> Classifier((42, 42), model="st-fcn", rngs=nnx.Rngs(0)).fcn.dense1.in_features
+  784
   """
 
   def __init__(
@@ -97,19 +145,25 @@ class Classifier(nnx.Module):
   ):
     if model not in MODELS:
       raise ValueError(f"unknown model {model!r}; expected one of {MODELS}.")
-    if model == "st-cnn":
+    if model.startswith("st-"):
       localisation = stn_nnx.LocalisationNet(1, features=32, rngs=rngs)
       self.stn = stn_nnx.SpatialTransformer(
         localisation, 32, transform=transform, output_shape=ST_OUTPUT_SHAPE, rngs=rngs
       )
-      self.cnn = CNN(ST_OUTPUT_SHAPE, rngs=rngs)
+      shape = ST_OUTPUT_SHAPE
     else:
       self.stn = None
-      self.cnn = CNN(tuple(input_shape), rngs=rngs)
+      shape = tuple(input_shape)
+    # Separate attributes (not one "classifier") keep the CNN's parameter paths, and so
+    # its checkpoints, as they were before the FCN existed.
+    is_cnn = model.removeprefix("st-") == "cnn"
+    self.cnn = CNN(shape, rngs=rngs) if is_cnn else None
+    self.fcn = None if is_cnn else FCN(shape, rngs=rngs)
 
   def __call__(self, x: ArrayLike) -> tuple[jax.Array, jax.Array | None]:
     """``(N, H, W, 1)`` images to ``(logits, V)``; ``V`` is the transformer's output or None."""
+    net = self.cnn if self.fcn is None else self.fcn
     if self.stn is None:
-      return self.cnn(x), None
+      return net(x), None
     V, _ = self.stn(x)
-    return self.cnn(V), V
+    return net(V), V
