@@ -22,10 +22,17 @@ def test_load_digits_split_and_range(digits):
   assert train_x.dtype == np.float32 and train_y.dtype == np.int32
   assert train_x.min() >= 0.0 and train_x.max() <= 1.0
   assert set(np.unique(test_y)) == set(range(10))
-  # Held out by index: the test split is the last 300 of the 1797 bundled digits.
+  # Held out: 30 of each class; the two splits partition the 1797 bundled digits.
   from sklearn.datasets import load_digits
 
-  assert np.array_equal(np.concatenate([train_y, test_y]), load_digits().target)
+  assert np.array_equal(np.bincount(test_y), np.full(10, 30))
+  test_index = datasets._test_indices(load_digits().target)
+  assert len(np.unique(test_index)) == 300
+  full, full_labels = datasets._upscaled_sklearn_digits()
+  assert np.array_equal(test_x, full[test_index]) and np.array_equal(test_y, full_labels[test_index])
+  assert np.array_equal(train_x, np.delete(full, test_index, axis=0))
+  # Not the tail by index (ordered by writer): the split reaches across the whole set.
+  assert test_index.min() < 100 and test_index.max() > 1697
   # The upscaled digit stays inside MNIST's central 20x20 box (bicubic leaves a faint halo).
   assert train_x[:, :3].max() < 0.05 and train_x[:, :, -3:].max() < 0.05
 
