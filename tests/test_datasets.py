@@ -29,7 +29,8 @@ def test_load_digits_split_and_range(digits):
   test_index = datasets._test_indices(load_digits().target)
   assert len(np.unique(test_index)) == 300
   full, full_labels = datasets._upscaled_sklearn_digits()
-  assert np.array_equal(test_x, full[test_index]) and np.array_equal(test_y, full_labels[test_index])
+  assert np.array_equal(test_x, full[test_index])
+  assert np.array_equal(test_y, full_labels[test_index])
   assert np.array_equal(train_x, np.delete(full, test_index, axis=0))
   # Not the tail by index (ordered by writer): the split reaches across the whole set.
   assert test_index.min() < 100 and test_index.max() > 1697
