@@ -46,10 +46,10 @@ SPLITS = ("train", "test")
 IMAGE_SHAPES = {"r": (28, 28), "rts": (42, 42), "p": (28, 28), "e": (28, 28), "tc": (60, 60)}
 
 # 300 of the 1797 bundled digits (30 per class) are held out for testing, drawn once from
-# a fixed seed. Not the last 300 by index: the bundled digits are ordered by writer, so the
-# tail is a couple of people whose hand no training digit shares (an RBF SVM on the clean
-# 8x8 digits errs 5.3% there against 1.0% on a random 300), and the test error would measure
-# those two writers rather than the distortions.
+# a fixed seed. Not the last 300 by index: the bundled digits appear to be grouped by
+# writer, and the tail reads unlike the rest (an RBF SVM on the clean 8x8 digits errs 5.3%
+# there against 1.0% on a random 300), so the test error would measure a few writers'
+# hands rather than the distortions.
 NUM_TEST_DIGITS = 300
 _SPLIT_SEED = 0
 
