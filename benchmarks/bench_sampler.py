@@ -20,7 +20,7 @@ import time
 # are parsed before those imports.
 
 
-IMPL_NAMES = ("stn_jax", "torch", "map_coordinates", "dm_pix")
+IMPL_NAMES = ("stn_jax", "stn_jax_xla", "torch", "map_coordinates", "dm_pix")
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
@@ -96,7 +96,7 @@ WORKLOADS = (
   Workload("bicubic 32x64x64x32", 32, 64, 64, 32, 64, 64, kernel="bicubic"),
 )
 
-IMPLS = ("stn_jax", "torch", "map_coordinates", "dm_pix", "copy")
+IMPLS = ("stn_jax", "stn_jax_xla", "torch", "map_coordinates", "dm_pix", "copy")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -125,6 +125,23 @@ def _pixel_coords(grid: jax.Array, h: int, w: int) -> tuple[jax.Array, jax.Array
 
 def stn_fwd(wl: Workload):
   return lambda U, grid: stn_jax.sample(U, grid, wl.kernel, padding_mode="zeros")
+
+
+def stn_xla_fwd(wl: Workload):
+  """stn_jax's pure-XLA sampler: the compiled CPU kernels switched off while tracing."""
+  from stn_jax._src import native
+
+  if wl.kernel != "bilinear" or not native.available():
+    return None  # the compiled kernels are bilinear only: stn_jax is this path already
+
+  def f(U, grid):
+    os.environ["STN_JAX_NATIVE"] = "0"
+    try:
+      return stn_jax.sample(U, grid, wl.kernel, padding_mode="zeros")
+    finally:
+      del os.environ["STN_JAX_NATIVE"]
+
+  return f
 
 
 def mapc_fwd(wl: Workload):
@@ -359,7 +376,12 @@ def bench_workload(wl: Workload, args, device: str) -> list[dict]:
   rows = []
   for pass_name in ("fwd", "fwd+bwd"):
     grad = pass_name == "fwd+bwd"
-    builders = {"stn_jax": stn_fwd, "map_coordinates": mapc_fwd, "dm_pix": pix_fwd}
+    builders = {
+      "stn_jax": stn_fwd,
+      "stn_jax_xla": stn_xla_fwd,
+      "map_coordinates": mapc_fwd,
+      "dm_pix": pix_fwd,
+    }
     runners, compile_info, memory, agree, hlo = {}, {}, {}, {}, {}
     ref_out = None
     for name, build in builders.items():
@@ -467,17 +489,19 @@ def markdown(rows, info, args) -> str:
     "copy = jitted `a + 1` moving the bytes the pass must at least move"
     " (fwd: read U+grid, write V; fwd+bwd: read U+grid+R, write dU+dgrid).",
     "",
-    f"| workload | pass | stn_jax ms | {dev} | stn/torch | map_coordinates ms | dm-pix ms"
-    " | copy ms | stn/copy | compile s |",
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    f"| workload | pass | stn_jax ms | {dev} | stn/torch | stn_jax pure-XLA ms | XLA/torch"
+    " | map_coordinates ms | dm-pix ms | copy ms | stn/copy | compile s |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for row in rows:
     s, t, c = _ms(row, "stn_jax"), _ms(row, "torch"), _ms(row, "copy")
+    x = _ms(row, "stn_jax_xla")
     comp = row["compile"].get("stn_jax")
     comp_s = None if comp is None else comp["lower_s"] + comp["compile_s"]
     lines.append(
       f"| {row['workload']} | {row['pass']} | {_fmt(s)} | {_fmt(t)} "
       f"| {_fmt(s / t if s and t else None, '.2f')} "
+      f"| {_fmt(x)} | {_fmt(x / t if x and t else None, '.2f')} "
       f"| {_fmt(_ms(row, 'map_coordinates'))} | {_fmt(_ms(row, 'dm_pix'))} | {_fmt(c)} "
       f"| {_fmt(s / c if s and c else None, '.1f')} | {_fmt(comp_s, '.2f')} |"
     )

@@ -9,7 +9,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
-from stn_jax._src import batching, dtypes, grids
+from stn_jax._src import batching, dtypes, grids, native
 from stn_jax._src import kernels as kernels_lib
 
 PADDING_MODES = ("zeros", "border", "reflection")
@@ -174,7 +174,24 @@ def _sample_one(
   padding_mode: str,
   align_corners: bool,
 ) -> jax.Array:
-  """One example: ``u`` is ``(H, W, C)``, ``g`` is ``(Ho, Wo, 2)`` in the compute dtype."""
+  """One example: ``u`` is ``(H, W, C)``, ``g`` is ``(Ho, Wo, 2)`` in the compute dtype.
+
+  Bilinear float32/float64 runs the compiled kernels of ``native.py`` where they are built
+  (the same values and derivatives); everything else the gather-based sampler below.
+  """
+  if kernel == "bilinear" and u.shape[0] and u.shape[1] and native.usable(u, g):
+    return native.sample_bilinear(u, g, padding_mode, align_corners)
+  return _sample_gather(u, g, kernel, padding_mode, align_corners)
+
+
+def _sample_gather(
+  u: jax.Array,
+  g: jax.Array,
+  kernel: "str | kernels_lib.Kernel",
+  padding_mode: str,
+  align_corners: bool,
+) -> jax.Array:
+  """The reference sampler: one gather of channel vectors per tap, in pure JAX."""
   h, w, c = u.shape
   ho, wo, _ = g.shape
   if h == 0 or w == 0:

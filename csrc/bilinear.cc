@@ -1,0 +1,334 @@
+// Bilinear sampling on the CPU: the four passes stn_jax's derivative rules need.
+//
+// Layout: channels-last. U is (N..., H, W, C), grid is (N..., Ho, Wo, 2) holding (x, y)
+// normalised to [-1, 1], and every array shares the leading dimensions N..., flattened
+// here to one batch axis. The semantics are exactly those of the pure-JAX sampler in
+// stn_jax/_src/sampling.py (PyTorch's grid_sample, plus the documented handling of NaN,
+// inf and huge coordinates), which is the reference these kernels are tested against.
+//
+//   Fwd      V[p, c]  = sum_t w_t(p) U[tap_t(p), c]
+//   GridJvp  dV[p, c] = dV/dx[p, c] dx[p] + dV/dy[p, c] dy[p]      (linear in dgrid)
+//   GridVjp  dg[p]    = sum_c ct[p, c] (dV/dx[p, c], dV/dy[p, c])  (transpose of GridJvp)
+//   UVjp     dU[q, c] = sum_{p, t: tap_t(p) = q} w_t(p) ct[p, c]    (transpose of Fwd in U)
+//
+// Coordinates and the four weights are computed once per output point and reused across
+// channels. Work is split over the batch (UVjp: each example scatters into its own image,
+// so no two threads write the same pixel) or over output rows (the others) on XLA's
+// intra-op thread pool.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kZeros = 0;
+constexpr int kBorder = 1;
+constexpr int kReflection = 2;
+// Pixel coordinates are clamped to +-2**24 before any integer cast (sampling._COORD_LIMIT).
+constexpr double kCoordLimit = 16777216.0;
+
+// ---------------------------------------------------------------------------------------
+// Work splitting on XLA's intra-op pool. Chunks are claimed from an atomic counter by the
+// calling thread and by helper tasks; the caller waits only for chunks already claimed, so
+// it never waits on a task the pool has not started (no deadlock when the caller is itself
+// a pool thread). Late tasks find no chunk left and exit without touching the work.
+
+struct ChunkState {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::mutex mutex;
+  std::condition_variable all_done;
+};
+
+template <typename F>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t cost_per_item, const F& body) {
+  if (n <= 0) return;
+  constexpr int64_t kMinCostPerChunk = 1 << 15;  // about 10 us: below that, threads lose
+  int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  int64_t max_chunks = std::max<int64_t>(1, n * cost_per_item / kMinCostPerChunk);
+  int64_t chunks = std::min<int64_t>({n, 4 * threads, max_chunks});
+  if (threads == 1 || chunks == 1) {
+    body(0, n);
+    return;
+  }
+  auto state = std::make_shared<ChunkState>();
+  const F* work = &body;
+  auto run = [state, work, n, chunks]() {
+    for (int64_t k; (k = state->next.fetch_add(1)) < chunks;) {
+      (*work)(n * k / chunks, n * (k + 1) / chunks);
+      if (state->done.fetch_add(1) + 1 == chunks) {
+        std::lock_guard<std::mutex> lock(state->mutex);
+        state->all_done.notify_all();
+      }
+    }
+  };
+  for (int64_t t = 1; t < std::min(threads, chunks); ++t) pool.Schedule(decltype(run)(run));
+  run();
+  std::unique_lock<std::mutex> lock(state->mutex);
+  state->all_done.wait(lock, [&] { return state->done.load() == chunks; });
+}
+
+// ---------------------------------------------------------------------------------------
+// Shapes. Every array is (N..., A, B, D); the leading dims must agree across arrays.
+
+struct Shape {
+  int64_t batch = 1;
+  int64_t a = 0, b = 0, d = 0;
+};
+
+ffi::Error ReadShape(const ffi::AnyBuffer& buffer, const char* name, Shape& shape) {
+  auto dims = buffer.dimensions();
+  if (dims.size() < 3) {
+    return ffi::Error::InvalidArgument(std::string(name) +
+                                       " must have rank >= 3 (..., A, B, D)");
+  }
+  size_t r = dims.size();
+  shape.batch = 1;
+  for (size_t i = 0; i + 3 < r; ++i) shape.batch *= dims[i];
+  shape.a = dims[r - 3];
+  shape.b = dims[r - 2];
+  shape.d = dims[r - 1];
+  return ffi::Error::Success();
+}
+
+#define STN_RETURN_IF_ERROR(expr)      \
+  do {                                 \
+    ffi::Error _error = (expr);        \
+    if (_error.failure()) return _error; \
+  } while (0)
+
+ffi::Error CheckCommon(const Shape& image, const Shape& grid, const Shape& other,
+                       int64_t other_last) {
+  if (grid.d != 2) return ffi::Error::InvalidArgument("grid's last dimension must be 2");
+  if (image.batch != grid.batch || other.batch != grid.batch) {
+    return ffi::Error::InvalidArgument("leading (batch) dimensions must agree");
+  }
+  if (other.a != grid.a || other.b != grid.b || other.d != other_last) {
+    return ffi::Error::InvalidArgument("per-point array does not match the grid's shape");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error CheckPadding(int32_t padding) {
+  if (padding < kZeros || padding > kReflection) {
+    return ffi::Error::InvalidArgument("padding must be 0 (zeros), 1 (border) or 2 (reflection)");
+  }
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------------------
+// The passes, compiled twice: for the baseline x86-64 ISA and for AVX2 (8-wide vectors for
+// the per-block coordinate loop, and gathers). `Dispatch` picks at run time.
+
+namespace portable {
+#include "bilinear_passes.inc"
+}  // namespace portable
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define STN_HAVE_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace avx2 {
+#include "bilinear_passes.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+#else
+namespace avx2 = portable;
+#endif
+
+inline bool UseAvx2() {
+#ifdef STN_HAVE_AVX2
+  static const bool has_avx2 = __builtin_cpu_supports("avx2");
+  return has_avx2;
+#else
+  return false;
+#endif
+}
+
+// The AVX2 build of a pass where the CPU has AVX2, else the baseline one.
+template <typename Fn>
+Fn* Pick(Fn* wide, Fn* baseline) {
+  return UseAvx2() ? wide : baseline;
+}
+
+// Calls body(Padding, Align, OneChannel) with each as a std::integral_constant.
+template <typename F>
+void WithMode(int32_t padding, bool align, bool one_channel, const F& body) {
+  auto with_channels = [&](auto p, auto a) {
+    if (one_channel) {
+      body(p, a, std::true_type{});
+    } else {
+      body(p, a, std::false_type{});
+    }
+  };
+  auto with_align = [&](auto p) {
+    if (align) {
+      with_channels(p, std::true_type{});
+    } else {
+      with_channels(p, std::false_type{});
+    }
+  };
+  if (padding == kZeros) {
+    with_align(std::integral_constant<int, kZeros>{});
+  } else if (padding == kBorder) {
+    with_align(std::integral_constant<int, kBorder>{});
+  } else {
+    with_align(std::integral_constant<int, kReflection>{});
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// FFI entry points: check shapes and dtype, then dispatch on float32 / float64.
+
+ffi::Error CheckFloat(ffi::DataType dtype, ffi::DataType other) {
+  if (dtype != other) return ffi::Error::InvalidArgument("all arrays must share one dtype");
+  if (dtype != ffi::DataType::F32 && dtype != ffi::DataType::F64) {
+    return ffi::Error::InvalidArgument("only float32 and float64 are supported");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Fwd(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
+               ffi::Result<ffi::AnyBuffer> out, int32_t padding, bool align_corners) {
+  Shape us, gs, os;
+  STN_RETURN_IF_ERROR(CheckPadding(padding));
+  STN_RETURN_IF_ERROR(ReadShape(u, "U", us));
+  STN_RETURN_IF_ERROR(ReadShape(grid, "grid", gs));
+  STN_RETURN_IF_ERROR(ReadShape(*out, "output", os));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, os, us.d));
+  STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), grid.element_type()));
+  WithMode(padding, align_corners, us.d == 1, [&](auto p, auto a, auto one) {
+    if (u.element_type() == ffi::DataType::F32) {
+      Pick(&avx2::FwdImpl<float, p, a, one>, &portable::FwdImpl<float, p, a, one>)(pool, u.typed_data<float>(), grid.typed_data<float>(),
+                           out->typed_data<float>(), us, gs);
+    } else {
+      Pick(&avx2::FwdImpl<double, p, a, one>, &portable::FwdImpl<double, p, a, one>)(pool, u.typed_data<double>(), grid.typed_data<double>(),
+                            out->typed_data<double>(), us, gs);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error GridJvp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
+                   ffi::AnyBuffer dgrid, ffi::Result<ffi::AnyBuffer> out, int32_t padding,
+                   bool align_corners) {
+  Shape us, gs, ds, os;
+  STN_RETURN_IF_ERROR(CheckPadding(padding));
+  STN_RETURN_IF_ERROR(ReadShape(u, "U", us));
+  STN_RETURN_IF_ERROR(ReadShape(grid, "grid", gs));
+  STN_RETURN_IF_ERROR(ReadShape(dgrid, "grid tangent", ds));
+  STN_RETURN_IF_ERROR(ReadShape(*out, "output", os));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, ds, 2));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, os, us.d));
+  STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), grid.element_type()));
+  STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), dgrid.element_type()));
+  WithMode(padding, align_corners, us.d == 1, [&](auto p, auto a, auto one) {
+    if (u.element_type() == ffi::DataType::F32) {
+      Pick(&avx2::GridJvpImpl<float, p, a, one>, &portable::GridJvpImpl<float, p, a, one>)(pool, u.typed_data<float>(), grid.typed_data<float>(),
+                               dgrid.typed_data<float>(), out->typed_data<float>(), us, gs);
+    } else {
+      Pick(&avx2::GridJvpImpl<double, p, a, one>, &portable::GridJvpImpl<double, p, a, one>)(pool, u.typed_data<double>(), grid.typed_data<double>(),
+                                dgrid.typed_data<double>(), out->typed_data<double>(), us, gs);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error GridVjp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
+                   ffi::AnyBuffer ct, ffi::Result<ffi::AnyBuffer> dgrid, int32_t padding,
+                   bool align_corners) {
+  Shape us, gs, cs, ds;
+  STN_RETURN_IF_ERROR(CheckPadding(padding));
+  STN_RETURN_IF_ERROR(ReadShape(u, "U", us));
+  STN_RETURN_IF_ERROR(ReadShape(grid, "grid", gs));
+  STN_RETURN_IF_ERROR(ReadShape(ct, "cotangent", cs));
+  STN_RETURN_IF_ERROR(ReadShape(*dgrid, "grid cotangent", ds));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, cs, us.d));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, ds, 2));
+  STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), grid.element_type()));
+  STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), ct.element_type()));
+  WithMode(padding, align_corners, us.d == 1, [&](auto p, auto a, auto one) {
+    if (u.element_type() == ffi::DataType::F32) {
+      Pick(&avx2::GridVjpImpl<float, p, a, one>, &portable::GridVjpImpl<float, p, a, one>)(pool, u.typed_data<float>(), grid.typed_data<float>(),
+                               ct.typed_data<float>(), dgrid->typed_data<float>(), us, gs);
+    } else {
+      Pick(&avx2::GridVjpImpl<double, p, a, one>, &portable::GridVjpImpl<double, p, a, one>)(pool, u.typed_data<double>(), grid.typed_data<double>(),
+                                ct.typed_data<double>(), dgrid->typed_data<double>(), us, gs);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error UVjp(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer grid,
+                ffi::Result<ffi::AnyBuffer> du, int32_t padding, bool align_corners) {
+  Shape cs, gs, us;
+  STN_RETURN_IF_ERROR(CheckPadding(padding));
+  STN_RETURN_IF_ERROR(ReadShape(ct, "cotangent", cs));
+  STN_RETURN_IF_ERROR(ReadShape(grid, "grid", gs));
+  STN_RETURN_IF_ERROR(ReadShape(*du, "U cotangent", us));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, cs, us.d));
+  STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), grid.element_type()));
+  STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), du->element_type()));
+  WithMode(padding, align_corners, false, [&](auto p, auto a, auto one) {
+    if (ct.element_type() == ffi::DataType::F32) {
+      Pick(&avx2::UVjpImpl<float, p, a>, &portable::UVjpImpl<float, p, a>)(pool, ct.typed_data<float>(), grid.typed_data<float>(),
+                            du->typed_data<float>(), us, gs);
+    } else {
+      Pick(&avx2::UVjpImpl<double, p, a>, &portable::UVjpImpl<double, p, a>)(pool, ct.typed_data<double>(), grid.typed_data<double>(),
+                             du->typed_data<double>(), us, gs);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearFwd, Fwd,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int32_t>("padding")
+                                  .Attr<bool>("align_corners"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearGridJvp, GridJvp,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int32_t>("padding")
+                                  .Attr<bool>("align_corners"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearGridVjp, GridVjp,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int32_t>("padding")
+                                  .Attr<bool>("align_corners"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearUVjp, UVjp,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int32_t>("padding")
+                                  .Attr<bool>("align_corners"));
