@@ -4,7 +4,8 @@
 gathers per tap and skips symbolic-zero tangents. Here the rule is swapped for the
 undecorated function (JAX differentiates the gathers itself) and every derivative is
 compared: values, jacfwd/jacrev w.r.t. ``U`` and ``grid`` together and apart, a second
-derivative, and a traced kernel parameter that the weights close over.
+derivative, and a traced kernel parameter that the weights close over. These tests run the
+gather-based sampler; the compiled bilinear kernels are checked in ``test_native.py``.
 """
 
 import jax
@@ -22,6 +23,8 @@ TOL = TOLERANCES[np.dtype(np.float64)]
 
 def _reference(monkeypatch):
   monkeypatch.setattr(sampling, "_combine_taps", sampling._combine_taps.fun)
+  # Bilinear float32/float64 would otherwise run the compiled kernels (test_native.py).
+  monkeypatch.setenv("STN_JAX_NATIVE", "0")
 
 
 def _inputs(rng):
@@ -53,6 +56,7 @@ def _derivatives(U, grid, kernel, padding_mode):
 @pytest.mark.parametrize("kernel", ["bilinear", "bicubic"])
 def test_rule_equals_autodiff(rng, monkeypatch, kernel, padding_mode):
   U, grid = _inputs(rng)
+  monkeypatch.setenv("STN_JAX_NATIVE", "0")
   fast = _derivatives(U, grid, kernel, padding_mode)
   _reference(monkeypatch)
   ref = _derivatives(U, grid, kernel, padding_mode)

@@ -24,6 +24,7 @@ gather-based sampler everywhere.
 import ctypes
 import functools
 import importlib.util
+import math
 import os
 from collections.abc import Callable
 
@@ -66,8 +67,10 @@ def available() -> bool:
 
 
 def usable(u: jax.Array, g: jax.Array) -> bool:
-  """Whether the primitives take these per-example arrays (same float32/float64 dtype)."""
-  return u.dtype == g.dtype and u.dtype in _DTYPES and available()
+  """Whether the kernels take these per-example arrays: one float32/float64 dtype, and an
+  image of fewer than 2**31 elements (the kernels index it with int32)."""
+  small = math.prod(u.shape[-3:]) < 2**31
+  return u.dtype == g.dtype and u.dtype in _DTYPES and small and available()
 
 
 def sample_bilinear(u, g, padding_mode: str, align_corners: bool) -> jax.Array:
@@ -155,9 +158,7 @@ def _batch(p: Primitive, args, dims, **params):
   """vmap: every argument gets the batch axis in front (unbatched ones broadcast)."""
   size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
   moved = [
-    jnp.broadcast_to(a, (size,) + a.shape)
-    if d is None
-    else jnp.moveaxis(a, d, 0)
+    jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
     for a, d in zip(args, dims, strict=True)
   ]
   return p.bind(*moved, **params), 0
