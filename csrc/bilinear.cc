@@ -29,6 +29,10 @@
 
 #include "xla/ffi/api/ffi.h"
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>  // AVX2 gathers in the AVX2 build of the passes
+#endif
+
 namespace ffi = xla::ffi;
 
 namespace {
@@ -140,9 +144,11 @@ namespace portable {
 #define STN_HAVE_AVX2 1
 #pragma GCC push_options
 #pragma GCC target("avx2")
+#define STN_AVX2_PASS 1
 namespace avx2 {
 #include "bilinear_passes.inc"
 }  // namespace avx2
+#undef STN_AVX2_PASS
 #pragma GCC pop_options
 #else
 namespace avx2 = portable;
@@ -281,12 +287,12 @@ ffi::Error UVjp(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer grid,
   STN_RETURN_IF_ERROR(CheckCommon(us, gs, cs, us.d));
   STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), grid.element_type()));
   STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), du->element_type()));
-  WithMode(padding, align_corners, false, [&](auto p, auto a, auto one) {
+  WithMode(padding, align_corners, us.d == 1, [&](auto p, auto a, auto one) {
     if (ct.element_type() == ffi::DataType::F32) {
-      Pick(&avx2::UVjpImpl<float, p, a>, &portable::UVjpImpl<float, p, a>)(pool, ct.typed_data<float>(), grid.typed_data<float>(),
+      Pick(&avx2::UVjpImpl<float, p, a, one>, &portable::UVjpImpl<float, p, a, one>)(pool, ct.typed_data<float>(), grid.typed_data<float>(),
                             du->typed_data<float>(), us, gs);
     } else {
-      Pick(&avx2::UVjpImpl<double, p, a>, &portable::UVjpImpl<double, p, a>)(pool, ct.typed_data<double>(), grid.typed_data<double>(),
+      Pick(&avx2::UVjpImpl<double, p, a, one>, &portable::UVjpImpl<double, p, a, one>)(pool, ct.typed_data<double>(), grid.typed_data<double>(),
                              du->typed_data<double>(), us, gs);
     }
   });
