@@ -67,10 +67,22 @@ def available() -> bool:
 
 
 def usable(u: jax.Array, g: jax.Array) -> bool:
-  """Whether the kernels take these per-example arrays: one float32/float64 dtype, and an
-  image of fewer than 2**31 elements (the kernels index it with int32)."""
+  """Whether the kernels take these per-example arrays: one float32/float64 dtype, an image
+  of fewer than 2**31 elements (the kernels index it with int32), and a single CPU device.
+
+  With several CPU devices (``--xla_force_host_platform_device_count``, multi-process CPU
+  runs) the pure-JAX sampler is used: XLA's partitioner cannot split an FFI call, so a
+  batch-sharded ``sample`` would be gathered onto every device.
+  """
   small = math.prod(u.shape[-3:]) < 2**31
-  return u.dtype == g.dtype and u.dtype in _DTYPES and small and available()
+  return (
+    u.dtype == g.dtype and u.dtype in _DTYPES and small and available() and _single_cpu_device()
+  )
+
+
+@functools.cache
+def _single_cpu_device() -> bool:
+  return len(jax.devices("cpu")) == 1
 
 
 def sample_bilinear(u, g, padding_mode: str, align_corners: bool) -> jax.Array:
