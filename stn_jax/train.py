@@ -68,7 +68,8 @@ from stn_jax._src.models import Classifier as Classifier
 # Peak learning rates on RTS, batch 128, chosen on the first test split (the last 300
 # digits): the CNN is sensitive, over the first 300 of 1200 steps 3e-3 reached loss 0.51
 # where 1e-3 reached 0.85 (and ended underfitting). On the current split, 1200 CNN steps
-# give 4.47% / 4.07% (seeds 0 / 1) and 3000 ST-CNN steps at 2e-3 0.87% / 1.03%.
+# give 4.47% / 4.07% (seeds 0 / 1) and 3000 ST-CNN steps at 2e-3 0.87% / 1.03% (both with the
+# pure-JAX sampler, before the compiled kernels).
 # The FCNs' 1e-3 is Adam's usual rate, untuned (they exist for benchmarks/paper_table1.py).
 DEFAULT_LR = {"cnn": 3e-3, "st-cnn": 2e-3, "fcn": 1e-3, "st-fcn": 1e-3}
 
