@@ -22,10 +22,10 @@
 #include <condition_variable>
 #include <cstdint>
 #include <limits>
-#include <type_traits>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -71,7 +71,7 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t cost_per_item, const 
   const F* work = &body;
   auto run = [state, work, n, chunks]() {
     for (int64_t k; (k = state->next.fetch_add(1)) < chunks;) {
-      (*work)(n * k / chunks, n * (k + 1) / chunks);
+      (*work)(n* k / chunks, n * (k + 1) / chunks);
       if (state->done.fetch_add(1) + 1 == chunks) {
         std::lock_guard<std::mutex> lock(state->mutex);
         state->all_done.notify_all();
@@ -95,8 +95,7 @@ struct Shape {
 ffi::Error ReadShape(const ffi::AnyBuffer& buffer, const char* name, Shape& shape) {
   auto dims = buffer.dimensions();
   if (dims.size() < 3) {
-    return ffi::Error::InvalidArgument(std::string(name) +
-                                       " must have rank >= 3 (..., A, B, D)");
+    return ffi::Error::InvalidArgument(std::string(name) + " must have rank >= 3 (..., A, B, D)");
   }
   size_t r = dims.size();
   shape.batch = 1;
@@ -107,9 +106,9 @@ ffi::Error ReadShape(const ffi::AnyBuffer& buffer, const char* name, Shape& shap
   return ffi::Error::Success();
 }
 
-#define STN_RETURN_IF_ERROR(expr)      \
-  do {                                 \
-    ffi::Error _error = (expr);        \
+#define STN_RETURN_IF_ERROR(expr)        \
+  do {                                   \
+    ffi::Error _error = (expr);          \
     if (_error.failure()) return _error; \
   } while (0)
 
@@ -195,6 +194,19 @@ void WithMode(int32_t padding, bool align, bool one_channel, const F& body) {
   }
 }
 
+// Calls body(T{}, Padding, Align, OneChannel) for T = float or double, the others as in
+// WithMode.
+template <typename F>
+void Dispatch(ffi::DataType dtype, int32_t padding, bool align, bool one_channel, const F& body) {
+  WithMode(padding, align, one_channel, [&](auto p, auto a, auto one) {
+    if (dtype == ffi::DataType::F32) {
+      body(float{}, p, a, one);
+    } else {
+      body(double{}, p, a, one);
+    }
+  });
+}
+
 // ---------------------------------------------------------------------------------------
 // FFI entry points: check shapes and dtype, then dispatch on float32 / float64.
 
@@ -215,15 +227,12 @@ ffi::Error Fwd(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
   STN_RETURN_IF_ERROR(ReadShape(*out, "output", os));
   STN_RETURN_IF_ERROR(CheckCommon(us, gs, os, us.d));
   STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), grid.element_type()));
-  WithMode(padding, align_corners, us.d == 1, [&](auto p, auto a, auto one) {
-    if (u.element_type() == ffi::DataType::F32) {
-      Pick(&avx2::FwdImpl<float, p, a, one>, &portable::FwdImpl<float, p, a, one>)(pool, u.typed_data<float>(), grid.typed_data<float>(),
-                           out->typed_data<float>(), us, gs);
-    } else {
-      Pick(&avx2::FwdImpl<double, p, a, one>, &portable::FwdImpl<double, p, a, one>)(pool, u.typed_data<double>(), grid.typed_data<double>(),
-                            out->typed_data<double>(), us, gs);
-    }
-  });
+  Dispatch(u.element_type(), padding, align_corners, us.d == 1,
+           [&](auto zero, auto p, auto a, auto one) {
+             using T = decltype(zero);
+             Pick(&avx2::FwdImpl<T, p, a, one>, &portable::FwdImpl<T, p, a, one>)(
+                 pool, u.typed_data<T>(), grid.typed_data<T>(), out->typed_data<T>(), us, gs);
+           });
   return ffi::Error::Success();
 }
 
@@ -240,21 +249,18 @@ ffi::Error GridJvp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
   STN_RETURN_IF_ERROR(CheckCommon(us, gs, os, us.d));
   STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), grid.element_type()));
   STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), dgrid.element_type()));
-  WithMode(padding, align_corners, us.d == 1, [&](auto p, auto a, auto one) {
-    if (u.element_type() == ffi::DataType::F32) {
-      Pick(&avx2::GridJvpImpl<float, p, a, one>, &portable::GridJvpImpl<float, p, a, one>)(pool, u.typed_data<float>(), grid.typed_data<float>(),
-                               dgrid.typed_data<float>(), out->typed_data<float>(), us, gs);
-    } else {
-      Pick(&avx2::GridJvpImpl<double, p, a, one>, &portable::GridJvpImpl<double, p, a, one>)(pool, u.typed_data<double>(), grid.typed_data<double>(),
-                                dgrid.typed_data<double>(), out->typed_data<double>(), us, gs);
-    }
-  });
+  Dispatch(u.element_type(), padding, align_corners, us.d == 1,
+           [&](auto zero, auto p, auto a, auto one) {
+             using T = decltype(zero);
+             Pick(&avx2::GridJvpImpl<T, p, a, one>, &portable::GridJvpImpl<T, p, a, one>)(
+                 pool, u.typed_data<T>(), grid.typed_data<T>(), dgrid.typed_data<T>(),
+                 out->typed_data<T>(), us, gs);
+           });
   return ffi::Error::Success();
 }
 
-ffi::Error GridVjp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
-                   ffi::AnyBuffer ct, ffi::Result<ffi::AnyBuffer> dgrid, int32_t padding,
-                   bool align_corners) {
+ffi::Error GridVjp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid, ffi::AnyBuffer ct,
+                   ffi::Result<ffi::AnyBuffer> dgrid, int32_t padding, bool align_corners) {
   Shape us, gs, cs, ds;
   STN_RETURN_IF_ERROR(CheckPadding(padding));
   STN_RETURN_IF_ERROR(ReadShape(u, "U", us));
@@ -265,15 +271,13 @@ ffi::Error GridVjp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
   STN_RETURN_IF_ERROR(CheckCommon(us, gs, ds, 2));
   STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), grid.element_type()));
   STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), ct.element_type()));
-  WithMode(padding, align_corners, us.d == 1, [&](auto p, auto a, auto one) {
-    if (u.element_type() == ffi::DataType::F32) {
-      Pick(&avx2::GridVjpImpl<float, p, a, one>, &portable::GridVjpImpl<float, p, a, one>)(pool, u.typed_data<float>(), grid.typed_data<float>(),
-                               ct.typed_data<float>(), dgrid->typed_data<float>(), us, gs);
-    } else {
-      Pick(&avx2::GridVjpImpl<double, p, a, one>, &portable::GridVjpImpl<double, p, a, one>)(pool, u.typed_data<double>(), grid.typed_data<double>(),
-                                ct.typed_data<double>(), dgrid->typed_data<double>(), us, gs);
-    }
-  });
+  Dispatch(u.element_type(), padding, align_corners, us.d == 1,
+           [&](auto zero, auto p, auto a, auto one) {
+             using T = decltype(zero);
+             Pick(&avx2::GridVjpImpl<T, p, a, one>, &portable::GridVjpImpl<T, p, a, one>)(
+                 pool, u.typed_data<T>(), grid.typed_data<T>(), ct.typed_data<T>(),
+                 dgrid->typed_data<T>(), us, gs);
+           });
   return ffi::Error::Success();
 }
 
@@ -287,15 +291,12 @@ ffi::Error UVjp(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer grid,
   STN_RETURN_IF_ERROR(CheckCommon(us, gs, cs, us.d));
   STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), grid.element_type()));
   STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), du->element_type()));
-  WithMode(padding, align_corners, us.d == 1, [&](auto p, auto a, auto one) {
-    if (ct.element_type() == ffi::DataType::F32) {
-      Pick(&avx2::UVjpImpl<float, p, a, one>, &portable::UVjpImpl<float, p, a, one>)(pool, ct.typed_data<float>(), grid.typed_data<float>(),
-                            du->typed_data<float>(), us, gs);
-    } else {
-      Pick(&avx2::UVjpImpl<double, p, a, one>, &portable::UVjpImpl<double, p, a, one>)(pool, ct.typed_data<double>(), grid.typed_data<double>(),
-                             du->typed_data<double>(), us, gs);
-    }
-  });
+  Dispatch(ct.element_type(), padding, align_corners, us.d == 1,
+           [&](auto zero, auto p, auto a, auto one) {
+             using T = decltype(zero);
+             Pick(&avx2::UVjpImpl<T, p, a, one>, &portable::UVjpImpl<T, p, a, one>)(
+                 pool, ct.typed_data<T>(), grid.typed_data<T>(), du->typed_data<T>(), us, gs);
+           });
   return ffi::Error::Success();
 }
 
