@@ -9,9 +9,9 @@ A script, not part of the test run. See benchmarks/README.md.
 The model is the demo's (``stn_jax._src.models.Classifier``, RTS): a localisation net
 (5x5/2 conv 16, 3x3/2 conv 32, 4x4 adaptive average pool, dense 32, affine head) on the
 42x42 input, ``affine_grid`` + bilinear ``grid_sample`` to 28x28, then the classifier CNN
-(3x3 conv 16, 3x3/2 conv 32, 3x3/2 conv 32, dense 128, dense 10). The PyTorch twin has the
-same layers and shapes (NCHW). Each framework times two training steps (forward, cross
-entropy, backward, AdamW update) on a fixed batch of 128:
+(3x3 conv 16, 3x3/2 conv 32, 3x3/2 conv 64, 3x3/2 conv 64, dense 128, dense 10). The
+PyTorch twin has the same layers and shapes (NCHW). Each framework times two training
+steps (forward, cross entropy, backward, AdamW update) on a fixed batch of 128:
 
 * ``st``: the whole ST-CNN on the 42x42 images;
 * ``cls``: the classifier CNN alone on the 28x28 views.
@@ -81,15 +81,20 @@ def torch_steps(x: np.ndarray, views: np.ndarray, y: np.ndarray, torch) -> dict:
   class CNN(nn.Module):
     def __init__(self, side: int):
       super().__init__()
-      self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-      self.conv2 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
-      self.conv3 = nn.Conv2d(32, 32, 3, stride=2, padding=1)
-      quarter = -(-side // 4)
-      self.dense = nn.Linear(32 * quarter * quarter, 128)
+      channels = (16, 32, 64, 64)
+      inputs = (1, *channels[:-1])
+      self.convs = nn.ModuleList(
+        nn.Conv2d(c_in, c_out, 3, stride=1 if i == 0 else 2, padding=1)
+        for i, (c_in, c_out) in enumerate(zip(inputs, channels, strict=True))
+      )
+      for _ in channels[1:]:
+        side = -(-side // 2)
+      self.dense = nn.Linear(channels[-1] * side * side, 128)
       self.logits = nn.Linear(128, 10)
 
     def forward(self, v):
-      v = F.relu(self.conv3(F.relu(self.conv2(F.relu(self.conv1(v))))))
+      for conv in self.convs:
+        v = F.relu(conv(v))
       return self.logits(F.relu(self.dense(v.flatten(1))))
 
   class STCNN(nn.Module):
