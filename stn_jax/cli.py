@@ -18,9 +18,10 @@ from stn_jax._src.models import MODELS
 TRANSFORMS = ("affine", "attention", "projective", "tps")
 DEFAULT_OUT = os.path.join(".", "stn_out")
 
-# The demo: RTS, both models at batch 128, about 2.5 minutes of training each on a quiet
-# 2-core CPU (the ST-CNN's CNN sees 28x28 views, so it runs ~2.5x more steps per second).
-DEMO_STEPS = {"cnn": 1200, "st-cnn": 3000}
+# The demo: RTS, both models at batch 128, about 3 and 4 minutes of training on a quiet 2-core
+# CPU (the ST-CNN's CNN sees 28x28 views, so it runs ~1.6x more steps per second); the whole
+# README command, install included, stays well inside 10 minutes.
+DEMO_STEPS = {"cnn": 1200, "st-cnn": 2500}
 
 
 class UsageError(Exception):
