@@ -30,10 +30,10 @@ import numpy as np
 from stn_jax import datasets, train
 
 # Optimisation steps per model family and budget, batch 128 (train.Config's default).
-# Measured on the 2-core CPU (ms per step, 28x28 tasks / RTS): CNN 41 / 132, ST-CNN
-# 77-83 / 84-94 (Aff/Proj/TPS). With ~10 s per cell for compiling and scoring 3000 test
-# images, the quick grid (32 cells) is then 2 x (255 N_cnn + 990 N_st) ms + ~5 min: about
-# 53 minutes at 1000 / 1200 steps. The full grid (120 cells) runs overnight.
+# Measured on the 2-core CPU (steps/s, 28x28 tasks / RTS): CNN 20-21 / 7.6, ST-CNN 11-18 /
+# 11-14 (TPS fastest, projective slowest). With ~10 s per cell for compiling and scoring
+# 3000 test images, the quick grid (32 cells) took 45 minutes at 1000 / 1200 steps. The
+# full grid (120 cells) runs overnight.
 BUDGETS: dict[str, dict[str, Any]] = {
   "toy": {
     "steps": {"cnn": 3, "fcn": 3, "st-cnn": 3, "st-fcn": 3},
