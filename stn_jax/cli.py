@@ -19,8 +19,8 @@ TRANSFORMS = ("affine", "attention", "projective", "tps")
 DEFAULT_OUT = os.path.join(".", "stn_out")
 
 # The demo: RTS, both models at batch 128, about 3 and 4 minutes of training on a quiet 2-core
-# CPU (the ST-CNN's CNN sees 28x28 views, so it runs ~1.6x more steps per second); the whole
-# README command, install included, stays well inside 10 minutes.
+# CPU (the ST-CNN's CNN sees 28x28 views, so it runs ~1.6x more steps per second): 7.4 minutes
+# in all, 9.7 for the README command with its install.
 DEMO_STEPS = {"cnn": 1200, "st-cnn": 2500}
 
 
