@@ -20,8 +20,9 @@ class CNN(nnx.Module):
 
   Strided convolutions rather than max-pooling: max-pool's backward pass is several times
   slower on CPU and buys nothing here. The default four convolutions (three stride-2
-  stages) halve the error of three on RTS at 15% more time per step: the dense layer then
-  reads a coarser map, so it has less position-specific weighting to learn.
+  stages) cut the RTS test error of three from 2.70% to 1.73% (same learning rate and
+  weight decay, 1200 steps) at about 10% more time per step: the dense layer then reads a
+  coarser map, so it has less position-specific weighting to learn.
 
   Args:
     input_shape: ``(H, W)`` of the images (the dense layer's width depends on it).
