@@ -242,12 +242,12 @@ def _distort_one(task: str, key: jax.Array, digit: jax.Array, pool: jax.Array) -
   # "tc": integer offsets so that the bilinear sampler copies pixels exactly.
   out = IMAGE_SHAPES["tc"][0]
   k_place, k_which, k_crop, k_where = jax.random.split(key, 4)
-  place = jax.random.randint(k_place, (2,), 0, out - _DIGIT + 1).astype(f32)
+  place = jax.random.randint(k_place, (2,), 0, out - _DIGIT + 1, jnp.int32).astype(f32)
   canvas = warp(digit, _shift_theta(-place, _DIGIT, out), shape=(out, out))
-  which = jax.random.randint(k_which, (_CLUTTER_PIECES,), 0, pool.shape[0])
+  which = jax.random.randint(k_which, (_CLUTTER_PIECES,), 0, pool.shape[0], jnp.int32)
   # Crops from the digit's central 20x20, where the ink is.
-  crop = jax.random.randint(k_crop, (_CLUTTER_PIECES, 2), 4, 24 - _CLUTTER_SIZE + 1)
-  where = jax.random.randint(k_where, (_CLUTTER_PIECES, 2), 0, out - _CLUTTER_SIZE + 1)
+  crop = jax.random.randint(k_crop, (_CLUTTER_PIECES, 2), 4, 24 - _CLUTTER_SIZE + 1, jnp.int32)
+  where = jax.random.randint(k_where, (_CLUTTER_PIECES, 2), 0, out - _CLUTTER_SIZE + 1, jnp.int32)
   ramp = jnp.arange(_DIGIT)
 
   def piece(index: jax.Array, c: jax.Array, w: jax.Array) -> jax.Array:

@@ -220,7 +220,7 @@ def batch_for_step(
 ) -> tuple[jax.Array, jax.Array]:
   """The training batch of ``step``: a pure function of ``(key, step)`` and the digits."""
   k_index, k_distort = jax.random.split(jax.random.fold_in(key, step))
-  index = jax.random.randint(k_index, (batch_size,), 0, digits.shape[0])
+  index = jax.random.randint(k_index, (batch_size,), 0, digits.shape[0], jnp.int32)
   images = datasets.distort(task, k_distort, digits[index], pool=digits)
   return images, labels[index]
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close
+from helpers import assert_close
 
 import stn_jax
 from stn_jax import kernels as K

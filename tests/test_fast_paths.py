@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TOLERANCES
+from helpers import TOLERANCES
 
 import stn_jax
 from stn_jax import kernels
@@ -23,8 +23,8 @@ TOL = TOLERANCES[np.dtype(np.float64)]
 
 def _reference(monkeypatch):
   monkeypatch.setattr(sampling, "_combine_taps", sampling._combine_taps.fun)
-  # Bilinear float32/float64 would otherwise run the compiled kernels (test_native.py).
-  monkeypatch.setenv("STN_JAX_NATIVE", "0")
+  # Traces made with the custom rule must not be reused (jit caches by function object).
+  jax.clear_caches()
 
 
 def _inputs(rng):
@@ -54,9 +54,9 @@ def _derivatives(U, grid, kernel, padding_mode):
 
 @pytest.mark.parametrize("padding_mode", stn_jax.PADDING_MODES)
 @pytest.mark.parametrize("kernel", ["bilinear", "bicubic"])
-def test_rule_equals_autodiff(rng, monkeypatch, kernel, padding_mode):
+def test_rule_equals_autodiff(rng, monkeypatch, native_off, kernel, padding_mode):
+  # Bilinear float32/float64 would otherwise run the compiled kernels (test_native.py).
   U, grid = _inputs(rng)
-  monkeypatch.setenv("STN_JAX_NATIVE", "0")
   fast = _derivatives(U, grid, kernel, padding_mode)
   _reference(monkeypatch)
   ref = _derivatives(U, grid, kernel, padding_mode)
@@ -64,7 +64,7 @@ def test_rule_equals_autodiff(rng, monkeypatch, kernel, padding_mode):
     np.testing.assert_allclose(a, b, **TOL)
 
 
-def test_traced_kernel_parameter_gradient_equals_autodiff(rng, monkeypatch):
+def test_traced_kernel_parameter_gradient_equals_autodiff(rng, monkeypatch, native_off):
   U, grid = _inputs(rng)
 
   def loss(sigma, g):

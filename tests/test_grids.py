@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TOLERANCES
+from helpers import TOLERANCES
 
 import stn_jax
 
@@ -96,9 +96,18 @@ def test_projective_horizon_is_nan_and_sample_reads_zero_with_finite_gradient():
 
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_tps_interpolates_targets_at_control_points(rng, align_corners):
-  # With align_corners=True a 4x4 output's pixel centres are exactly the default sources.
-  targets = stn_jax.default_control_points() + 0.1 * rng.normal(size=(3, 16, 2))
-  grid = stn_jax.make_grid(targets, (4, 4), "tps", align_corners=True)
+  # Sources at a 4x4 output's pixel centres (-1, -1/3, 1/3, 1 with align_corners=True: the
+  # default sources; +-0.25, +-0.75 with False): the grid there is exactly the targets.
+  centres = (2 * np.arange(4) + 1) / 4 - 1 if not align_corners else np.linspace(-1, 1, 4)
+  xx, yy = np.meshgrid(centres, centres)
+  sources = np.stack([xx.ravel(), yy.ravel()], -1)
+  if align_corners:
+    np.testing.assert_allclose(sources, stn_jax.default_control_points(), atol=1e-15)
+  targets = sources + 0.1 * rng.normal(size=(3, 16, 2))
+  control_points = None if align_corners else sources
+  grid = stn_jax.make_grid(
+    targets, (4, 4), "tps", align_corners=align_corners, control_points=control_points
+  )
   np.testing.assert_allclose(grid.reshape(3, 16, 2), targets, atol=1e-9)
 
 

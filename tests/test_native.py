@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TOLERANCES
+from helpers import TOLERANCES
 
 import stn_jax
 from stn_jax._src import native
@@ -21,21 +21,23 @@ from stn_jax._src import native
 PADDINGS = stn_jax.PADDING_MODES
 
 
-@pytest.fixture
-def pure_jax(monkeypatch):
-  """Runs a function with the compiled kernels switched off (read at trace time)."""
-
-  def run(fn, *args):
-    with monkeypatch.context() as m:
-      m.setenv("STN_JAX_NATIVE", "0")
-      return fn(*args)
-
-  return run
-
-
 def test_kernels_are_built():
   # CI installs with the extension; a silent fallback would leave the kernels untested.
   assert native.available(), "stn_jax._bilinear_cpu was not built: see setup.py"
+
+
+def test_reference_really_runs_without_the_kernels(pure_jax):
+  # The comparisons below are only as good as this: jit caches traces by function object,
+  # so a reference run that reused the kernels' trace would compare them with themselves.
+  U = jnp.zeros((2, 6, 5, 1), jnp.float32)
+  grid = jnp.zeros((2, 3, 4, 2), jnp.float32)
+
+  def lowered():
+    return jax.jit(stn_jax.sample).lower(U, grid).as_text()
+
+  assert "StnBilinearFwd" in lowered()
+  assert "StnBilinearFwd" not in pure_jax(lowered)
+  assert "StnBilinearFwd" in lowered()  # and back on afterwards
 
 
 def _inputs(rng, shape=(2, 5, 6, 3), out=(3, 4), dtype=np.float64, spill=1.3):

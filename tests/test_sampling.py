@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TOLERANCES
+from helpers import TOLERANCES
 from jax.test_util import check_grads
 
 import stn_jax
@@ -214,14 +214,42 @@ def test_empty_image_and_empty_grid():
   assert stn_jax.sample(jnp.ones((4, 4, 2)), jnp.zeros((0, 3, 2))).shape == (0, 3, 2)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64])
-def test_output_has_input_dtype_and_low_precision_interpolates_in_float32(rng, dtype):
-  U = rng.uniform(0, 1, size=(5, 5, 2))
-  grid = rng.uniform(-1, 1, size=(3, 3, 2)).astype(np.float32)
-  V = stn_jax.sample(jnp.asarray(U, dtype), grid)
+@pytest.mark.parametrize("kernel", ["nearest", "bilinear", "bicubic"])
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_low_precision_interpolates_in_float32(rng, native_off, dtype, kernel):
+  # Exactly the float32 result rounded once to the dtype: interpolating in the low
+  # precision (rounding each product and partial sum) would differ in many of these points.
+  # The float32 reference runs the same gather-based sampler (the compiled kernels, which
+  # take float32 but not low precision, sum in another order).
+  U = jnp.asarray(rng.uniform(0, 1, size=(5, 5, 2)), dtype)
+  grid = jnp.asarray(rng.uniform(-1.2, 1.2, size=(6, 7, 2)), jnp.float32)
+  V = stn_jax.sample(U, grid, kernel)
   assert V.dtype == dtype
-  reference = stn_jax.sample(jnp.asarray(jnp.asarray(U, dtype), jnp.float32), grid)
-  np.testing.assert_allclose(np.asarray(V, np.float64), reference, rtol=1e-2, atol=1e-2)
+  reference = stn_jax.sample(U.astype(jnp.float32), grid, kernel).astype(dtype)
+  np.testing.assert_array_equal(np.asarray(V, np.float32), np.asarray(reference, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_output_has_input_dtype_and_its_precision(rng, dtype):
+  # Against the float64 bilinear formula, written out here: float32 loses only its own
+  # round-off (a few ulps of values in [0, 1]), float64 its own.
+  U = rng.uniform(0, 1, size=(5, 5, 1))
+  grid = rng.uniform(-0.75, 0.75, size=(3, 3, 2)).astype(dtype)  # all four taps inside
+  V = stn_jax.sample(jnp.asarray(U, dtype), jnp.asarray(grid))
+  assert V.dtype == dtype
+  x = ((grid[..., 0].astype(np.float64) + 1) * 5 - 1) / 2
+  y = ((grid[..., 1].astype(np.float64) + 1) * 5 - 1) / 2
+  x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+  fx, fy = x - x0, y - y0
+  u = U[..., 0].astype(dtype).astype(np.float64)
+  expected = (
+    u[y0, x0] * (1 - fx) * (1 - fy)
+    + u[y0, x0 + 1] * fx * (1 - fy)
+    + u[y0 + 1, x0] * (1 - fx) * fy
+    + u[y0 + 1, x0 + 1] * fx * fy
+  )
+  eps = np.finfo(dtype).eps
+  np.testing.assert_allclose(V[..., 0], expected, rtol=0, atol=16 * eps)
 
 
 def test_float64_grid_keeps_float64_precision(rng):

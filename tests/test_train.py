@@ -63,12 +63,31 @@ def test_batch_depends_only_on_seed_and_step(digits):
   assert not np.array_equal(a[0], c[0])
 
 
-def test_transformer_gets_the_scaled_learning_rate():
-  config = train.Config(task="rts", model="st-cnn", steps=10, warmup_steps=0, loc_lr_scale=0.3)
-  _, params, _, _ = _setup(config)
-  labels = train._param_labels(params)
-  assert set(jax.tree.leaves(labels["stn"])) == {"localisation"}
-  assert set(jax.tree.leaves(labels["cnn"])) == {"classifier"}
+@pytest.mark.parametrize("loc_lr_scale", [0.3, 1.0])
+def test_transformer_gets_the_scaled_learning_rate(loc_lr_scale):
+  # AdamW's first step (no warmup) is -lr * (g / (|g| + eps) + weight_decay * p) per entry,
+  # with lr = loc_lr_scale * peak_lr for the transformer (under "stn") and peak_lr for the
+  # classifier: the oracle below, written from that formula.
+  config = train.Config(
+    task="rts", model="st-cnn", steps=10, warmup_steps=0, loc_lr_scale=loc_lr_scale
+  )
+  _, params, _, tx = _setup(config)
+  leaves, treedef = jax.tree.flatten(params)
+  rng = np.random.default_rng(0)
+  grads = jax.tree.unflatten(
+    treedef, [jnp.asarray(rng.normal(size=p.shape), p.dtype) for p in leaves]
+  )
+  updates, _ = tx.update(grads, tx.init(params), params)
+
+  def expected(lr):
+    return lambda g, p: -lr * (g / (np.abs(g) + 1e-8) + config.weight_decay * p)
+
+  for part, lr in [("stn", loc_lr_scale * config.peak_lr), ("cnn", config.peak_lr)]:
+    want = jax.tree.map(expected(lr), grads[part], params[part])
+    got = updates[part]
+    assert len(jax.tree.leaves(got)) > 1, part
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9 * lr)
 
 
 def test_st_cnn_starts_at_identity_and_downsamples():
