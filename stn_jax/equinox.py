@@ -75,9 +75,12 @@ class LocalisationNet(eqx.Module):
     self.pool_size = validation.check_pool_size(pool_size)
     (k1, k2), s = modules.CONV_KERNEL_SIZES, modules.CONV_STRIDES
     key1, key2, key3 = jax.random.split(key, 3)
-    self.conv1 = eqx.nn.Conv2d(in_features, c1, k1, stride=s, padding="SAME", key=key1)
-    self.conv2 = eqx.nn.Conv2d(c1, c2, k2, stride=s, padding="SAME", key=key2)
-    self.dense = eqx.nn.Linear(c2 * self.pool_size[0] * self.pool_size[1], features, key=key3)
+    # float32 parameters whatever jax_enable_x64 says, as the Flax modules'.
+    f32 = jnp.float32
+    self.conv1 = eqx.nn.Conv2d(in_features, c1, k1, s, padding="SAME", dtype=f32, key=key1)
+    self.conv2 = eqx.nn.Conv2d(c1, c2, k2, s, padding="SAME", dtype=f32, key=key2)
+    pooled = c2 * self.pool_size[0] * self.pool_size[1]
+    self.dense = eqx.nn.Linear(pooled, features, dtype=f32, key=key3)
 
   def __call__(self, x: ArrayLike, *, key: jax.Array | None = None) -> jax.Array:
     """Features of ``x``.
@@ -96,7 +99,8 @@ class LocalisationNet(eqx.Module):
     return _over_leading_dims(self._one, x.ndim - 3)(x)
 
   def _one(self, x: jax.Array) -> jax.Array:
-    h = jnp.moveaxis(x, -1, 0)  # Equinox convolutions are channels-first.
+    # Equinox convolutions are channels-first and need the input in their weights' dtype.
+    h = jnp.moveaxis(x, -1, 0).astype(self.conv1.weight.dtype)
     h = jax.nn.relu(self.conv1(h))
     h = jax.nn.relu(self.conv2(h))
     h = modules.adaptive_avg_pool(jnp.moveaxis(h, 0, -1), self.pool_size)
@@ -165,7 +169,7 @@ class SpatialTransformer(eqx.Module):
     )
     self.features = features
     self.localisation = localisation
-    head = eqx.nn.Linear(features, self.options.theta_size, key=key)
+    head = eqx.nn.Linear(features, self.options.theta_size, dtype=jnp.float32, key=key)
     identity = modules.identity_theta(self.options, head.bias.dtype).reshape(-1)
     self.head = eqx.tree_at(
       lambda h: (h.weight, h.bias), head, (jnp.zeros_like(head.weight), identity)
