@@ -6,7 +6,7 @@ A script, not part of the test run. See benchmarks/README.md.
   taskset -c 0 python benchmarks/bench_step_share.py     # one thread for both frameworks
   python benchmarks/bench_step_share.py --repeats 5 --no-save   # smoke run
 
-The model is the demo's (``stn_jax._src.models.Classifier``, RTS): a localisation net
+The model is the demo's (``stn_jax.digits.models.Classifier``, RTS): a localisation net
 (5x5/2 conv 16, 3x3/2 conv 32, 4x4 adaptive average pool, dense 32, affine head) on the
 42x42 input, ``affine_grid`` + bilinear ``grid_sample`` to 28x28, then the classifier CNN
 (3x3 conv 16, 3x3/2 conv 32, 3x3/2 conv 64, 3x3/2 conv 64, dense 128, dense 10). The
@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from stn_jax._src import models
+from stn_jax.digits import models
 
 BATCH = 128
 SHAPE = (42, 42)

@@ -1,4 +1,4 @@
-"""Reproduces the STN paper's Table 1 (distorted digits) with stn_jax.train.
+"""Reproduces the STN paper's Table 1 (distorted digits) with stn_jax.digits.train.
 
 A script, not part of the test run. See benchmarks/README.md.
 
@@ -6,7 +6,7 @@ A script, not part of the test run. See benchmarks/README.md.
   python benchmarks/paper_table1.py --budget full      # every model, R RTS P E TC, 3 seeds
   python benchmarks/paper_table1.py --budget toy --tasks p --models cnn,st-cnn-affine
 
-Every cell (task, model, seed) is one :func:`stn_jax.train.train_and_evaluate` run in
+Every cell (task, model, seed) is one :func:`stn_jax.digits.train.train_and_evaluate` run in
 ``OUT/cells/<task>/<model>/seed<k>/``. A cell whose ``metrics.json`` holds a test error is
 skipped, and one killed part-way resumes from its last checkpoint, so rerunning the same
 command after an interruption redoes nothing that was finished. ``OUT/table1.md`` and
@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from stn_jax import datasets, train
+from stn_jax.digits import datasets, train
 
 # Optimisation steps per model family and budget, batch 128 (train.Config's default).
 # Measured on the 2-core CPU (steps/s, 28x28 tasks / RTS): CNN 20-21 / 7.6, ST-CNN 11-18 /
@@ -116,7 +116,7 @@ def parse_model(name: str) -> tuple[str, str]:
 
 
 def make_config(budget: str, task: str, name: str, seed: int, data_dir: str | None = None):
-  """The :class:`stn_jax.train.Config` of one cell."""
+  """The :class:`stn_jax.digits.train.Config` of one cell."""
   model, transform = parse_model(name)
   return train.Config(
     task=task,
@@ -377,7 +377,7 @@ def run_grid(
   Args:
     out: output folder; cells go to ``out/cells/<task>/<model>/seed<k>/``.
     budget: a key of :data:`BUDGETS`; it also gives the default tasks, models and seeds.
-    tasks: subset of :data:`stn_jax.datasets.TASKS`.
+    tasks: subset of :data:`stn_jax.digits.datasets.TASKS`.
     models: names from :data:`ROWS` (``"cnn"``, ``"st-cnn-affine"``, ...).
     seeds: seeds ``0 .. seeds - 1`` per cell.
     data_dir: MNIST IDX files instead of the bundled digits.

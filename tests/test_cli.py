@@ -114,3 +114,25 @@ def test_python_dash_m():
     [sys.executable, "-m", "stn_jax", "--help"], capture_output=True, text=True, timeout=120
   )
   assert proc.returncode == 0 and "demo" in proc.stdout
+
+
+@pytest.mark.parametrize("missing", ["sklearn", "orbax.checkpoint"])
+def test_a_missing_optional_dependency_names_its_extra(tmp_path, missing):
+  # As after `pip install -e .` without extras: the module cannot be imported.
+  code = (
+    "import sys; sys.modules[sys.argv[1]] = None\n"
+    "from stn_jax.digits.cli import main\n"
+    "sys.exit(main(['demo', '--out', sys.argv[2], '--no-progress']))"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", code, missing, str(tmp_path / "demo")],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+  distribution = {"sklearn": "scikit-learn", "orbax.checkpoint": "orbax-checkpoint"}[missing]
+  assert f"needs {distribution}" in lines[0] and "pip install 'stn_jax[demo]'" in lines[0]
+  assert not (tmp_path / "demo").exists()  # nothing started

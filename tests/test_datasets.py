@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from stn_jax import datasets
+from stn_jax.digits import datasets
 
 
 @pytest.fixture(scope="module")

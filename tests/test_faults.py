@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from stn_jax import train
+from stn_jax.digits import train
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "stn-jax")
 ARGS = [
@@ -135,7 +135,7 @@ def test_broken_checkpoint_fails_resume_in_one_line(env, reference, tmp_path):
 FULL_DISK = r"""
 import errno, os, sys
 from orbax.checkpoint import handlers
-from stn_jax import cli
+from stn_jax.digits import cli
 
 save_fn = handlers.JsonCheckpointHandler._save_fn
 calls = []

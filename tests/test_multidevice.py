@@ -26,7 +26,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 import stn_jax
-from stn_jax import cli, datasets, train
+from stn_jax.digits import cli, datasets, train
 
 assert jax.device_count() == 4, jax.devices()
 out = {}

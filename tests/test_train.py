@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from stn_jax import datasets, train
+from stn_jax.digits import datasets, train
 
 
 @pytest.fixture(scope="module")

@@ -36,8 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from stn_jax._src.grids import default_control_points, make_grid
-from stn_jax._src.sampling import sample, warp
+from stn_jax import default_control_points, make_grid, sample, warp
 
 TASKS = ("r", "rts", "p", "e", "tc")
 SPLITS = ("train", "test")
@@ -144,6 +143,20 @@ def _find_idx(data_dir: str, name: str) -> str:
   )
 
 
+def find_mnist_files(data_dir: str) -> dict[str, str]:
+  """The paths of the four MNIST IDX files in ``data_dir``, keyed as :data:`MNIST_FILES`.
+
+  Each may be named as the official files (``train-images-idx3-ubyte``) or with a dot
+  (``train-images.idx3-ubyte``), optionally gzipped.
+
+  Raises:
+    FileNotFoundError: ``data_dir`` does not exist or lacks one of the files.
+  """
+  if not os.path.isdir(data_dir):
+    raise FileNotFoundError(f"MNIST data directory {data_dir!r} does not exist.")
+  return {key: _find_idx(data_dir, name) for key, name in MNIST_FILES.items()}
+
+
 def load_mnist_idx(
   data_dir: str,
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -161,12 +174,11 @@ def load_mnist_idx(
     FileNotFoundError: ``data_dir`` or one of the files is missing.
     ValueError: a file is not a well-formed IDX file, or images and labels disagree.
   """
-  if not os.path.isdir(data_dir):
-    raise FileNotFoundError(f"MNIST data directory {data_dir!r} does not exist.")
+  paths = find_mnist_files(data_dir)
   out = []
   for split in ("train", "test"):
-    images = _read_idx(_find_idx(data_dir, MNIST_FILES[f"{split}_images"]), 2051, 3)
-    labels = _read_idx(_find_idx(data_dir, MNIST_FILES[f"{split}_labels"]), 2049, 1)
+    images = _read_idx(paths[f"{split}_images"], 2051, 3)
+    labels = _read_idx(paths[f"{split}_labels"], 2049, 1)
     if len(images) != len(labels):
       raise ValueError(
         f"MNIST {split} split: expected as many labels as images; got {len(labels)} labels "

@@ -2,19 +2,26 @@
 
 Library-like: :func:`train_and_evaluate` runs one experiment into a work directory
 (metrics, figure, orbax checkpoints) and :func:`evaluate_workdir` re-scores a saved one;
-:mod:`stn_jax.cli` only parses arguments and calls them.
+:mod:`stn_jax.digits.cli` only parses arguments and calls them.
 
 Determinism: parameters are initialised from ``seed``; the batch of step ``i`` is drawn
 from ``fold_in(key(seed), i)`` alone (which training digits, and a fresh distortion of
 each), so a run resumed from a checkpoint retraces an uninterrupted one exactly. The test
-set is a fixed :func:`stn_jax.datasets.make_dataset` of held-out digits from
+set is a fixed :func:`stn_jax.digits.datasets.make_dataset` of held-out digits from
 ``data_seed``.
 
 Faults: checkpoints are orbax's, written to a temporary folder and renamed when complete,
 so a run killed at any moment (even mid-save) resumes from its last complete checkpoint
 and ends exactly as an uninterrupted run would. A checkpoint that cannot be written (full
-disk, unwritable folder) or read raises :class:`CheckpointError`, whose message is one
-line; the earlier checkpoints are left as they were.
+disk, unwritable folder) raises :class:`CheckpointWriteError` and one that cannot be read
+:class:`CheckpointReadError` (:class:`IncompatibleCheckpointError` when another version of
+stn_jax wrote it); each message is one line, and the earlier checkpoints are left as they
+were. See :mod:`stn_jax.digits.checkpoints`.
+
+Layout, as in the Flax examples: :func:`create_train_state` builds a :class:`TrainState`
+(step, parameters, optimizer state), :func:`train_step` is one pure update,
+:func:`train_loop` runs the steps with logging and checkpoints, :func:`evaluate` scores a
+model and :func:`train_and_evaluate` drives them.
 
 Data parallelism: with ``data_parallel="on"`` (or ``"auto"`` and more than one device),
 :func:`make_mesh` builds a 1-D :class:`jax.sharding.Mesh` over every device with the axis
@@ -55,18 +62,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
+from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from stn_jax import datasets
-from stn_jax._src.grids import TRANSFORMS
-from stn_jax._src.models import CNN as CNN
-from stn_jax._src.models import MODELS as MODELS
-from stn_jax._src.models import Classifier as Classifier
+from stn_jax._src import validation
+from stn_jax._src.validation import DATA_PARALLEL as DATA_PARALLEL
+from stn_jax._src.validation import TRANSFORMS
+from stn_jax.digits import checkpoints, datasets
+from stn_jax.digits.checkpoints import CHECKPOINT_DIR as CHECKPOINT_DIR
+from stn_jax.digits.checkpoints import CheckpointError as CheckpointError
+from stn_jax.digits.checkpoints import CheckpointReadError as CheckpointReadError
+from stn_jax.digits.checkpoints import CheckpointWriteError as CheckpointWriteError
+from stn_jax.digits.checkpoints import IncompatibleCheckpointError as IncompatibleCheckpointError
+from stn_jax.digits.models import CNN as CNN
+from stn_jax.digits.models import MODELS as MODELS
+from stn_jax.digits.models import Classifier as Classifier
 
 # Peak learning rates on RTS, batch 128, weight decay 0.1, seed 0, measured with the default
-# models: the CNN is sensitive (the prototype's warning), 1200 steps at 5e-3 / 1e-2 / 2e-2
+# models: the CNN is sensitive to it: 1200 steps at 5e-3 / 1e-2 / 2e-2
 # gave 1.90% / 1.73% / 2.27% test error; 3000 ST-CNN steps at 2e-3 / 4e-3 gave 0.73% / 0.97%.
 # The FCNs' 1e-3 is Adam's usual rate, untuned (they exist for benchmarks/paper_table1.py).
 DEFAULT_LR = {"cnn": 1e-2, "st-cnn": 2e-3, "fcn": 1e-3, "st-fcn": 1e-3}
@@ -75,14 +89,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 EVAL_FILE = "eval.json"
 FIGURE_FILE = "transformer.png"
-CHECKPOINT_DIR = "checkpoints"
-
-DATA_PARALLEL = ("auto", "on", "off")
 BATCH_AXIS = "batch"
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint could not be written or read; the message is one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +97,7 @@ class Config:
   """One experiment.
 
   Attributes:
-    task: a :data:`stn_jax.datasets.TASKS` distortion.
+    task: a :data:`stn_jax.digits.datasets.TASKS` distortion.
     model: one of :data:`MODELS` (``"cnn"``, ``"st-cnn"``, ``"fcn"``, ``"st-fcn"``).
     transform: the transformer's family (``"st-"`` models only).
     steps: optimisation steps.
@@ -130,9 +137,8 @@ class Config:
       if not ok:
         raise ValueError(f"{what}; got {got!r}.")
 
-    check(self.task in datasets.TASKS, f"task must be one of {datasets.TASKS}", self.task)
-    check(self.model in MODELS, f"model must be one of {MODELS}", self.model)
-    check(self.transform in TRANSFORMS, f"transform must be one of {TRANSFORMS}", self.transform)
+    for name, allowed in (("task", datasets.TASKS), ("model", MODELS), ("transform", TRANSFORMS)):
+      check(getattr(self, name) in allowed, f"{name} must be one of {allowed}", getattr(self, name))
     for name in ("steps", "batch_size", "test_copies", "checkpoint_every", "log_every"):
       check(getattr(self, name) >= 1, f"{name} must be >= 1", getattr(self, name))
     check(self.warmup_steps >= 0, "warmup_steps must be >= 0", self.warmup_steps)
@@ -231,6 +237,22 @@ def _loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
   return loss, correct
 
 
+def mesh_devices(data_parallel: str = "auto") -> int | None:
+  """How many devices :func:`make_mesh` splits the batch over, or ``None`` for no mesh.
+
+  Raises:
+    ValueError: ``data_parallel`` is not one of :data:`DATA_PARALLEL`.
+
+  >>> mesh_devices("off") is None
+  True
+  """
+  validation.check_data_parallel(data_parallel)
+  n = jax.device_count()
+  if data_parallel == "off" or (data_parallel == "auto" and n == 1):
+    return None
+  return n
+
+
 def make_mesh(data_parallel: str = "auto", batch_size: int | None = None) -> Mesh | None:
   """The data-parallel mesh: every device along one ``"batch"`` axis, or ``None``.
 
@@ -250,18 +272,109 @@ def make_mesh(data_parallel: str = "auto", batch_size: int | None = None) -> Mes
   >>> make_mesh("on", 8).axis_names
   ('batch',)
   """
-  if data_parallel not in DATA_PARALLEL:
-    raise ValueError(f"data_parallel must be one of {DATA_PARALLEL}; got {data_parallel!r}.")
-  n = jax.device_count()
-  if data_parallel == "off" or (data_parallel == "auto" and n == 1):
+  n = mesh_devices(data_parallel)
+  if n is None:
     return None
-  if batch_size is not None and batch_size % n:
-    raise ValueError(
-      f"batch size must be divisible by the {n} devices for data-parallel training "
-      f"(or pass data_parallel='off'); got {batch_size}."
-    )
+  if batch_size is not None:
+    validation.check_batch_divides(batch_size, n, switch_off="data_parallel='off'")
   # Auto axes: XLA's partitioner places what the sharding constraints leave open.
   return jax.make_mesh((n,), (BATCH_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+class TrainState(struct.PyTreeNode):
+  """What a training step reads and writes: a pytree, so it passes through ``jax.jit``.
+
+  Attributes:
+    step: steps taken so far; the next batch is :func:`batch_for_step` of this index.
+    params: the model's ``nnx.Param`` state.
+    opt_state: the optimizer's state.
+    rest: the model's other state (empty for the digits models).
+    graphdef: the model's structure (static).
+    tx: the optimizer (static).
+  """
+
+  step: jax.Array
+  params: nnx.State
+  opt_state: Any
+  rest: nnx.State
+  graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+  def model(self) -> Classifier:
+    """The model with the current parameters."""
+    return nnx.merge(self.graphdef, self.params, self.rest)
+
+
+def create_train_state(config: Config) -> TrainState:
+  """A fresh :class:`TrainState` at step 0: the model of ``config`` and its optimizer.
+
+  >>> state = create_train_state(Config(task="r", model="cnn"))
+  >>> int(state.step), sorted(state.params.keys())
+  (0, ['cnn'])
+  """
+  graphdef, params, rest = nnx.split(create_model(config), nnx.Param, ...)
+  tx = create_optimizer(config, params)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    rest=rest,
+    graphdef=graphdef,
+    tx=tx,
+  )
+
+
+def train_step(
+  state: TrainState, images: jax.Array, labels: jax.Array
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One AdamW update on a batch: pure, so it can be jitted, sharded or vmapped.
+
+  Returns:
+    The next state and ``{"loss": mean cross-entropy, "correct": count}`` of the batch
+    (before the update).
+  """
+
+  def loss_fn(params: nnx.State) -> tuple[jax.Array, jax.Array]:
+    logits, _ = nnx.merge(state.graphdef, params, state.rest)(images)
+    return _loss(logits, labels)
+
+  (loss, correct), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  state = state.replace(
+    step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+  )
+  return state, {"loss": loss, "correct": correct}
+
+
+def jit_train_step(config: Config, *, mesh: Mesh | None = None) -> Callable[..., Any]:
+  """A jitted ``step(state, digits, labels, key) -> (state, metrics)``.
+
+  The step draws its own batch (:func:`batch_for_step` of ``state.step``), so a run is a
+  pure function of the seed; the index is traced, so it compiles once for the whole run.
+
+  Args:
+    config: the experiment (task and batch size).
+    mesh: data-parallel over this :func:`make_mesh` mesh: every argument and output
+      replicated, the batch split along ``"batch"``. ``None``: one device.
+  """
+  if mesh is None:
+    jit, split_batch = jax.jit, lambda x: x
+  else:
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P(BATCH_AXIS))
+    jit = functools.partial(jax.jit, in_shardings=replicated, out_shardings=replicated)
+
+    def split_batch(x: jax.Array) -> jax.Array:
+      return jax.lax.with_sharding_constraint(x, batch_sharding)
+
+  @jit
+  def step(state, digits, labels, key):
+    images, targets = batch_for_step(
+      config.task, key, state.step, digits, labels, config.batch_size
+    )
+    return train_step(state, split_batch(images), split_batch(targets))
+
+  return step
 
 
 def make_train_step(
@@ -272,46 +385,25 @@ def make_train_step(
   *,
   mesh: Mesh | None = None,
 ) -> Callable[..., Any]:
-  """A jitted ``step(params, opt_state, digits, labels, key, i)``.
+  """A jitted ``step(params, opt_state, digits, labels, key, i)`` over loose arrays.
 
-  The step index is a traced argument, so the function compiles once for the whole run.
+  :func:`jit_train_step` for callers that keep the parameters and the optimizer state
+  apart; returns ``(params, opt_state, loss, correct)``.
 
   Args:
     graphdef: the model's structure.
     rest: the model's non-parameter state.
     tx: the optimizer.
     config: the experiment.
-    mesh: data-parallel over this :func:`make_mesh` mesh: every argument and output
-      replicated, the batch split along ``"batch"``. ``None``: one device.
+    mesh: as in :func:`jit_train_step`.
   """
-  if mesh is not None:
-    replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P(BATCH_AXIS))
+  jitted = jit_train_step(config, mesh=mesh)
 
-    def split_batch(x: jax.Array) -> jax.Array:
-      return jax.lax.with_sharding_constraint(x, batch_sharding)
-
-    jit = functools.partial(jax.jit, in_shardings=replicated, out_shardings=replicated)
-  else:
-
-    def split_batch(x: jax.Array) -> jax.Array:
-      return x
-
-    jit = jax.jit
-
-  @jit
   def step(params, opt_state, digits, labels, key, i):
-    images, targets = batch_for_step(config.task, key, i, digits, labels, config.batch_size)
-    images, targets = split_batch(images), split_batch(targets)
-
-    def loss_fn(p):
-      logits, _ = nnx.merge(graphdef, p, rest)(images)
-      return _loss(logits, targets)
-
-    (loss, correct), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, loss, correct
+    i = jnp.asarray(i, jnp.int32)
+    state = TrainState(i, params, opt_state, rest, graphdef=graphdef, tx=tx)
+    state, metrics = jitted(state, digits, labels, key)
+    return state.params, state.opt_state, metrics["loss"], metrics["correct"]
 
   return step
 
@@ -376,93 +468,6 @@ def save_figure(model: Classifier, images: np.ndarray, labels: np.ndarray, path:
   plt.close(fig)
 
 
-def _checkpoint_manager(workdir: str, *, read_only: bool = False):
-  import orbax.checkpoint as ocp
-
-  options = ocp.CheckpointManagerOptions(
-    max_to_keep=2,
-    enable_async_checkpointing=False,
-    read_only=read_only,
-    # The trainer deletes what a killed save left behind; a reader must not, as the
-    # trainer may be writing it right now.
-    cleanup_tmp_directories=not read_only,
-  )
-  return ocp.CheckpointManager(
-    os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options
-  )
-
-
-def _one_line(e: BaseException) -> str:
-  text = " ".join(str(e).split()) or type(e).__name__
-  return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _restore(
-  manager, params: nnx.State, opt_state: Any, *, sharding: NamedSharding | None = None
-) -> tuple[Any, Any, dict[str, Any]]:
-  """The latest complete checkpoint, restored onto ``sharding`` (default: as ``params``).
-
-  Orbax lists only finalized checkpoints (a save killed part-way leaves a
-  ``*.orbax-checkpoint-tmp*`` folder that it skips), so what is read was written whole.
-
-  Raises:
-    CheckpointError: the latest checkpoint exists but cannot be read.
-  """
-  import orbax.checkpoint as ocp
-
-  def abstract(x: jax.Array) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or x.sharding)
-
-  step = manager.latest_step()
-  target = jax.tree.map(abstract, {"params": params, "opt_state": opt_state})
-  try:
-    restored = manager.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), history=ocp.args.JsonRestore()
-      ),
-    )
-    history = restored.history
-    if not isinstance(history, dict) or not {"history", "pending"} <= history.keys():
-      raise ValueError("its training log is missing")
-  except Exception as e:
-    path = os.path.join(str(manager.directory), str(step))
-    raise CheckpointError(
-      f"cannot read checkpoint {path!r} ({type(e).__name__}: {_one_line(e)}); "
-      "delete that folder to resume from the checkpoint before it."
-    ) from e
-  return restored.state["params"], restored.state["opt_state"], history
-
-
-def _save(manager, step: int, params: nnx.State, opt_state: Any, log: dict[str, Any]) -> None:
-  """Saves synchronously; orbax renames the temporary folder only once all of it is written.
-
-  Raises:
-    CheckpointError: the save failed (e.g. ``ENOSPC``); the earlier checkpoints are intact.
-  """
-  import orbax.checkpoint as ocp
-
-  previous = manager.latest_step()
-  try:
-    manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
-        history=ocp.args.JsonSave(log),
-      ),
-      force=True,
-    )
-    manager.wait_until_finished()
-  except Exception as e:
-    # Whatever failed (a full disk surfaces as OSError from Python writes and as
-    # ValueError from tensorstore's), the step was not finalized.
-    kept = "no earlier checkpoint" if previous is None else f"checkpoint {previous} is intact"
-    raise CheckpointError(
-      f"cannot write checkpoint {step} to {str(manager.directory)!r} "
-      f"({type(e).__name__}: {_one_line(e)}); {kept}."
-    ) from e
-
-
 def read_config(workdir: str) -> Config:
   """The :class:`Config` saved in ``workdir``.
 
@@ -481,6 +486,143 @@ def _write_json(path: str, obj: Any) -> None:
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2)
   os.replace(tmp, path)
+
+
+def _check_workdir(config: Config, workdir: str, *, resume: bool) -> None:
+  """Creates ``workdir``; an existing run there must be resumed, with the same config."""
+  os.makedirs(workdir, exist_ok=True)
+  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    return
+  saved = read_config(workdir)
+  if not resume:
+    raise FileExistsError(
+      f"{workdir!r} already holds a run; pass --resume to continue it or choose another --out."
+    )
+  if saved != config:
+    changed = [
+      f.name
+      for f in dataclasses.fields(Config)
+      if getattr(saved, f.name) != getattr(config, f.name)
+    ]
+    raise FileExistsError(
+      f"cannot resume {workdir!r}: expected the settings it was started with; got different "
+      f"{', '.join(changed)}."
+    )
+
+
+@dataclasses.dataclass
+class TrainLog:
+  """Training metrics: one ``history`` entry per ``log_every`` steps.
+
+  Attributes:
+    history: ``{"step", "loss", "accuracy"}`` of each finished logging window.
+    pending: ``(loss, correct)`` of the steps of the window in progress (device arrays
+      until fetched), saved with a checkpoint so that a resumed window is whole.
+  """
+
+  history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  pending: list[Any] = dataclasses.field(default_factory=list)
+
+  @classmethod
+  def from_json(cls, log: dict[str, Any]) -> "TrainLog":
+    pending = [(np.float32(loss), np.int64(c)) for loss, c in log["pending"]]
+    return cls(list(log["history"]), pending)
+
+  def to_json(self) -> dict[str, Any]:
+    window = [(float(loss), int(c)) for loss, c in jax.device_get(self.pending)]
+    return {"history": self.history, "pending": window}
+
+  def close_window(self, step: int, batch_size: int) -> dict[str, Any]:
+    losses, corrects = zip(*jax.device_get(self.pending), strict=True)
+    entry = {
+      "step": step,
+      "loss": float(np.mean(losses)),
+      "accuracy": float(np.sum(corrects)) / (batch_size * len(self.pending)),
+    }
+    self.history.append(entry)
+    self.pending = []
+    return entry
+
+
+def _restore_state(mngr, state: TrainState, config: Config, sharding) -> tuple[TrainState, Any]:
+  target = {"params": state.params, "opt_state": state.opt_state}
+  saved, log = checkpoints.restore(mngr, target, config, sharding=sharding)
+  step = jnp.asarray(mngr.latest_step(), jnp.int32)
+  return state.replace(step=step, params=saved["params"], opt_state=saved["opt_state"]), log
+
+
+def _save_state(mngr, state: TrainState, log: TrainLog, config: Config) -> None:
+  jax.block_until_ready(state.params)
+  saved = {"params": state.params, "opt_state": state.opt_state}
+  checkpoints.save(mngr, int(state.step), saved, log.to_json(), config)
+
+
+def train_loop(
+  state: TrainState,
+  config: Config,
+  data: dict[str, np.ndarray],
+  *,
+  end: int,
+  mngr,
+  log: TrainLog,
+  mesh: Mesh | None = None,
+  bar: Any = None,
+) -> tuple[TrainState, float | None]:
+  """Steps ``state`` up to step ``end``, logging and checkpointing on the way.
+
+  Returns:
+    The final state and the steps per second after the first (compiling) step, or
+    ``None`` if at most one step ran.
+  """
+  step_fn = jit_train_step(config, mesh=mesh)
+  digits, labels = jnp.asarray(data["digits"]), jnp.asarray(data["labels"])
+  key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  start, tick, timed = int(state.step), time.perf_counter(), 0
+  for done in range(start + 1, end + 1):
+    state, metrics = step_fn(state, digits, labels, key)
+    log.pending.append((metrics["loss"], metrics["correct"]))
+    if done % config.log_every == 0 or done == config.steps:
+      entry = log.close_window(done, config.batch_size)
+      if bar is not None:
+        bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['accuracy']:.4f}")
+    if done % config.checkpoint_every == 0 or done == config.steps:
+      _save_state(mngr, state, log, config)
+    if bar is not None:
+      bar.update(1)
+    if done == start + 1:
+      # The first step compiles; time the rest.
+      jax.block_until_ready(state.params)
+      tick = time.perf_counter()
+    else:
+      timed += 1
+  jax.block_until_ready(state.params)
+  return state, (timed / (time.perf_counter() - tick) if timed else None)
+
+
+def _progress_bar(config: Config, start: int, show: bool):
+  if not show:
+    return None
+  from tqdm.auto import tqdm
+
+  desc = f"{config.model} {config.task}"
+  return tqdm(total=config.steps, initial=start, desc=desc, unit="step")
+
+
+def _finish(
+  state: TrainState, config: Config, data: dict[str, np.ndarray], workdir: str, writer: bool
+) -> dict[str, Any]:
+  """Evaluates the trained state on one device and writes the metrics and the figure."""
+  state = jax.device_get(state)
+  if "test_images" not in data:
+    data = {**data, **load_test_data(config)}
+  images, labels = data["test_images"], data["test_labels"]
+  metrics: dict[str, Any] = {"config": config.to_json()}
+  metrics.update(evaluate(state.graphdef, state.params, state.rest, images, labels))
+  metrics["num_test_images"] = len(images)
+  if writer:
+    figure = os.path.join(workdir, FIGURE_FILE)
+    save_figure(state.model(), images[:8], labels[:8], figure)
+  return metrics
 
 
 def train_and_evaluate(
@@ -518,120 +660,47 @@ def train_and_evaluate(
   Raises:
     FileExistsError: ``workdir`` holds a run and ``resume`` is False, or a different run.
     ValueError: ``batch_size`` does not divide by the device count (data-parallel).
-    CheckpointError: a checkpoint cannot be written or read (one-line message).
+    CheckpointWriteError: a checkpoint cannot be written (one-line message).
+    CheckpointReadError: the checkpoint to resume from cannot be read (one-line message).
     OSError: ``workdir`` cannot be written.
   """
   mesh = make_mesh(data_parallel, config.batch_size)
   # Files other than checkpoints are written by one process (multi-host: a shared folder).
   writer = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  config_path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.exists(config_path):
-    saved = read_config(workdir)
-    if not resume:
-      raise FileExistsError(
-        f"{workdir!r} already holds a run; pass --resume to continue it or choose another --out."
-      )
-    if saved != config:
-      changed = [
-        f.name
-        for f in dataclasses.fields(Config)
-        if getattr(saved, f.name) != getattr(config, f.name)
-      ]
-      raise FileExistsError(
-        f"cannot resume {workdir!r}: expected the settings it was started with; got different "
-        f"{', '.join(changed)}."
-      )
+  _check_workdir(config, workdir, resume=resume)
   if writer:
-    _write_json(config_path, config.to_json())
-
+    _write_json(os.path.join(workdir, CONFIG_FILE), config.to_json())
   # The test set is only generated once training is done (an interrupted run skips it).
   data = load_data(config, test=False) if data is None else data
-  model = create_model(config)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = create_optimizer(config, params)
-  opt_state = tx.init(params)
-  manager = _checkpoint_manager(workdir)
-  history: list[dict[str, Any]] = []
-  pending: list[Any] = []
-  start = 0
+  state, log = create_train_state(config), TrainLog()
   replicated = None if mesh is None else NamedSharding(mesh, P())
   if replicated is not None and jax.process_count() == 1:
     # Fresh parameters live on one device; a multi-host run restores onto the mesh instead.
-    params, opt_state = jax.device_put((params, opt_state), replicated)
-  step_fn = make_train_step(graphdef, rest, tx, config, mesh=mesh)
-  digits, labels = jnp.asarray(data["digits"]), jnp.asarray(data["labels"])
-  key = jax.random.fold_in(jax.random.key(config.seed), 1)
+    state = jax.device_put(state, replicated)
   end = config.steps if stop_after is None else min(config.steps, stop_after)
-  bar = None
-  timed_steps, timed_seconds = 0, 0.0
+  mngr, bar = checkpoints.manager(workdir), None
   try:
-    if resume and manager.latest_step() is not None:
-      start = manager.latest_step()
-      params, opt_state, log = _restore(manager, params, opt_state, sharding=replicated)
-      history = log["history"]
-      # The losses of a logging window the checkpoint cut through, so its entry is whole.
-      pending = [(np.float32(loss), np.int64(c)) for loss, c in log["pending"]]
-    if progress and writer:
-      from tqdm.auto import tqdm
-
-      desc = f"{config.model} {config.task}"
-      bar = tqdm(total=config.steps, initial=start, desc=desc, unit="step")
-    tick = time.perf_counter()
-    for i in range(start, end):
-      params, opt_state, loss, correct = step_fn(params, opt_state, digits, labels, key, i)
-      pending.append((loss, correct))
-      done = i + 1
-      if done % config.log_every == 0 or done == config.steps:
-        losses, corrects = zip(*jax.device_get(pending), strict=True)
-        entry = {
-          "step": done,
-          "loss": float(np.mean(losses)),
-          "accuracy": float(np.sum(corrects)) / (config.batch_size * len(pending)),
-        }
-        history.append(entry)
-        pending = []
-        if bar is not None:
-          bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['accuracy']:.4f}")
-      if done % config.checkpoint_every == 0 or done == config.steps:
-        jax.block_until_ready(params)
-        window = [(float(loss), int(c)) for loss, c in jax.device_get(pending)]
-        _save(manager, done, params, opt_state, {"history": history, "pending": window})
-      if bar is not None:
-        bar.update(1)
-      if i == start:
-        # The first step compiles; time the rest.
-        jax.block_until_ready(params)
-        tick = time.perf_counter()
-      else:
-        timed_steps += 1
-    jax.block_until_ready(params)
-    timed_seconds = time.perf_counter() - tick
+    if resume and mngr.latest_step() is not None:
+      state, saved_log = _restore_state(mngr, state, config, replicated)
+      log = TrainLog.from_json(saved_log)
+    start = int(state.step)
+    bar = _progress_bar(config, start, progress and writer)
+    state, steps_per_second = train_loop(
+      state, config, data, end=end, mngr=mngr, log=log, mesh=mesh, bar=bar
+    )
   finally:
     if bar is not None:
       bar.close()
-    manager.close()
+    mngr.close()
   if end < config.steps:
-    return {"stopped_at": end, "history": history}
-
-  # Evaluate on one device, from host copies of the (replicated) parameters.
-  params = jax.device_get(params)
-  if "test_images" not in data:
-    data = {**data, **load_test_data(config)}
-  model = nnx.merge(graphdef, params, rest)
-  metrics: dict[str, Any] = {"config": config.to_json()}
-  metrics.update(evaluate(graphdef, params, rest, data["test_images"], data["test_labels"]))
-  metrics["num_test_images"] = len(data["test_images"])
-  metrics["steps_per_second"] = timed_steps / timed_seconds if timed_steps else None
+    return {"stopped_at": end, "history": log.history}
+  metrics = _finish(state, config, data, workdir, writer)
+  metrics["steps_per_second"] = steps_per_second
   metrics["resumed_from"] = start
   metrics["devices"] = 1 if mesh is None else mesh.size
-  metrics["history"] = history
+  metrics["history"] = log.history
   if writer:
     _write_json(os.path.join(workdir, METRICS_FILE), metrics)
-    n = 8
-    save_figure(
-      model, data["test_images"][:n], data["test_labels"][:n], os.path.join(workdir, FIGURE_FILE)
-    )
   return metrics
 
 
@@ -640,22 +709,19 @@ def restore_model(workdir: str) -> tuple[Classifier, int]:
 
   Raises:
     FileNotFoundError: ``workdir`` holds no run or no checkpoint.
-    CheckpointError: the latest checkpoint cannot be read.
+    CheckpointReadError: the latest checkpoint cannot be read
+      (:class:`IncompatibleCheckpointError`: another version of stn_jax wrote it).
   """
   config = read_config(workdir)
-  model = create_model(config)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = create_optimizer(config, params)
-  manager = _checkpoint_manager(workdir, read_only=True)
-  step = manager.latest_step()
-  if step is None:
-    manager.close()
-    raise FileNotFoundError(f"no checkpoint in {workdir!r}; train first.")
+  state = create_train_state(config)
+  mngr = checkpoints.manager(workdir, read_only=True)
   try:
-    params, _, _ = _restore(manager, params, tx.init(params))
+    if mngr.latest_step() is None:
+      raise FileNotFoundError(f"no checkpoint in {workdir!r}; train first.")
+    state, _ = _restore_state(mngr, state, config, None)
   finally:
-    manager.close()
-  return nnx.merge(graphdef, params, rest), step
+    mngr.close()
+  return state.model(), int(state.step)
 
 
 def evaluate_workdir(workdir: str) -> dict[str, Any]:

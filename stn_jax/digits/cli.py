@@ -1,10 +1,12 @@
 """The ``stn-jax`` command line: ``train``, ``evaluate`` and ``demo``.
 
-A thin layer over :mod:`stn_jax.train`. Mistakes a person can fix (a bad option, an
-unwritable output folder, missing data) end with one line on stderr and exit code 2.
+A thin layer over :mod:`stn_jax.digits.train`. Mistakes a person can fix (a bad option, an
+unwritable output folder, missing data, a missing optional dependency) end with one line on
+stderr and exit code 2.
 """
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -12,10 +14,11 @@ import sys
 import time
 from collections.abc import Sequence
 
-from stn_jax import datasets
-from stn_jax._src.models import MODELS
+from stn_jax._src import validation
+from stn_jax._src.validation import DATA_PARALLEL, TRANSFORMS
+from stn_jax.digits import datasets
+from stn_jax.digits.models import MODELS
 
-TRANSFORMS = ("affine", "attention", "projective", "tps")
 DEFAULT_OUT = os.path.join(".", "stn_out")
 
 # The demo: RTS, both models at batch 128, about 3 and 4 minutes of training on a quiet 2-core
@@ -24,11 +27,51 @@ DEFAULT_OUT = os.path.join(".", "stn_out")
 DEMO_STEPS = {"cnn": 1200, "st-cnn": 2500}
 
 
+# The optional dependencies each command imports, as (module, distribution, extra).
+_DEMO_EXTRA = (
+  ("orbax.checkpoint", "orbax-checkpoint", "demo"),
+  ("tqdm", "tqdm", "demo"),
+  ("matplotlib", "matplotlib", "demo"),
+  ("sklearn", "scikit-learn", "demo"),
+)
+REQUIREMENTS = {"train": _DEMO_EXTRA, "evaluate": _DEMO_EXTRA, "demo": _DEMO_EXTRA}
+
+
 class UsageError(Exception):
   """A mistake in the command line or its environment, reported in one line (exit 2)."""
 
   # Set when a checkpoint write failed part-way: see main().
   exit_at_once = False
+
+
+class MissingDependencyError(UsageError):
+  """An optional dependency of a command is not installed; the message names its extra."""
+
+  def __init__(self, distribution: str, extra: str):
+    super().__init__(
+      f"this command needs {distribution}, which is not installed; install the "
+      f"{extra!r} extra: pip install 'stn_jax[{extra}]' (from a checkout: pip install -e "
+      f"'.[{extra}]')."
+    )
+
+
+def check_requirements(command: str) -> None:
+  """Raises :class:`MissingDependencyError` for the first missing dependency of ``command``."""
+  for module, distribution, extra in REQUIREMENTS.get(command, ()):
+    try:
+      found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+      found = False
+    if not found:
+      raise MissingDependencyError(distribution, extra)
+
+
+def _missing_dependency(e: ModuleNotFoundError) -> MissingDependencyError | None:
+  top = (e.name or "").partition(".")[0]
+  for module, distribution, extra in _DEMO_EXTRA:
+    if module.partition(".")[0] == top:
+      return MissingDependencyError(distribution, extra)
+  return None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--no-progress", action="store_true", help="no progress bar")
   train.add_argument(
     "--data-parallel",
-    choices=("auto", "on", "off"),
+    choices=DATA_PARALLEL,
     default="auto",
     help="split each batch over all devices with jax.sharding (auto: when there are several)",
   )
@@ -126,17 +169,14 @@ def _writable_dir(path: str) -> str:
 def _check_data_dir(path: str | None) -> None:
   if path is None:
     return
-  if not os.path.isdir(path):
-    raise UsageError(f"data directory {path!r} does not exist.")
-  for name in datasets.MNIST_FILES.values():
-    try:
-      datasets._find_idx(path, name)
-    except FileNotFoundError as e:
-      raise UsageError(str(e)) from None
+  try:
+    datasets.find_mnist_files(path)
+  except FileNotFoundError as e:
+    raise UsageError(str(e)) from None
 
 
 def _config(args: argparse.Namespace):
-  from stn_jax import train
+  from stn_jax.digits import train
 
   try:
     return train.Config(
@@ -159,12 +199,14 @@ def _config(args: argparse.Namespace):
 
 
 def _mesh_check(mode: str, batch_size: int) -> None:
-  from stn_jax import train
+  from stn_jax.digits import train
 
-  try:
-    train.make_mesh(mode, batch_size)
-  except ValueError as e:
-    raise UsageError(str(e).replace("data_parallel='off'", "--data-parallel off")) from None
+  devices = train.mesh_devices(mode)
+  if devices is not None:
+    try:
+      validation.check_batch_divides(batch_size, devices, switch_off="--data-parallel off")
+    except ValueError as e:
+      raise UsageError(str(e)) from None
 
 
 def _run(
@@ -177,7 +219,7 @@ def _run(
   data=None,
   data_parallel: str = "auto",
 ) -> dict:
-  from stn_jax import train
+  from stn_jax.digits import train
 
   try:
     return train.train_and_evaluate(
@@ -193,7 +235,7 @@ def _run(
     raise UsageError(str(e)) from None
   except train.CheckpointError as e:
     error = UsageError(str(e))
-    error.exit_at_once = e.__cause__ is not None and "cannot write" in str(e)
+    error.exit_at_once = isinstance(e, train.CheckpointWriteError)
     raise error from None
   except OSError as e:
     # A full disk or a folder that became unwritable while writing results.
@@ -231,7 +273,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-  from stn_jax import train
+  from stn_jax.digits import train
 
   if not os.path.isdir(args.out):
     raise UsageError(f"output folder {args.out!r} does not exist.")
@@ -249,7 +291,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-  from stn_jax import train
+  from stn_jax.digits import train
 
   out = _writable_dir(args.out)
   start = time.perf_counter()
@@ -298,7 +340,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.getLogger("absl").setLevel(logging.CRITICAL)
   command = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}[args.command]
   try:
-    return command(args)
+    check_requirements(args.command)
+    try:
+      return command(args)
+    except ModuleNotFoundError as e:
+      # A dependency found by check_requirements but broken, or one imported lazily.
+      raise _missing_dependency(e) or e from None
   except UsageError as e:
     print(f"stn-jax {args.command}: error: {e}", file=sys.stderr)
     if e.exit_at_once and argv is None:
