@@ -61,12 +61,13 @@ def sample_antialiased(
     V_i = \frac{1}{N} \sum_{p=1}^{N} \big[(1 - t_i) \, U^{(l_i)}(x_{ip})
       + t_i \, U^{(l_i + 1)}(x_{ip})\big], \qquad l_i + t_i = \log_2 w_i
 
-  Where the footprint is no larger than one input pixel (``rho_1 <= 1``, to ``1e-4`` for round-off: the identity, a
-  translation, a rotation, any zoom-in) the result is exactly :func:`stn_jax.sample`'s,
-  value and derivatives. Derivatives flow to ``U`` and to ``grid`` (through the probes'
-  positions and the level blend), in forward and reverse mode, and are finite for degenerate
-  grids (all points equal) and where the grid holds NaN or inf (such points read as in
-  :func:`stn_jax.sample`; their neighbours treat the difference as 0).
+  Where the footprint is no larger than one input pixel (``rho_1 <= 1``, with ``1e-4`` of
+  slack for round-off: the identity, a translation, a rotation, any zoom-in) the result is
+  exactly :func:`stn_jax.sample`'s, value and derivatives. Derivatives flow to ``U`` and to
+  ``grid`` (through the probes' positions and the level blend), in forward and reverse
+  mode, and are finite for degenerate grids (all points equal) and where the grid holds NaN
+  or inf (such points read as in :func:`stn_jax.sample`; their neighbours take the
+  difference as 0).
 
   Level 0 is read as :func:`stn_jax.sample` reads ``U``. The coarser levels pad the
   coordinate per ``padding_mode`` at their own resolution (``"reflection"`` about their outer
@@ -148,28 +149,39 @@ def _sample_one(u, g, kernel, padding_mode, align_corners, n_probes):
   )
   jac = _jacobian(pix)  # (*out, nd input axes, nd output axes)
   rho2 = jnp.sum(jac * jac, axis=-2)  # squared footprint length along each output axis
-  major = jnp.argmax(rho2, axis=-1)
-  rho2_sorted = jnp.sort(rho2, axis=-1)
+  order = jnp.argsort(rho2, axis=-1)
+  rho2_sorted = jnp.take_along_axis(rho2, order, axis=-1)
   rho2_max = rho2_sorted[..., -1]
   rho2_minor = rho2_sorted[..., -2] if nd > 1 else jnp.zeros_like(rho2_max)
-  # Squared widths throughout: no sqrt or log of 0 where the grid is degenerate.
-  w2 = jnp.maximum(jnp.maximum(rho2_max / n_probes**2, rho2_minor), 1.0)
+  major_vec = jnp.take_along_axis(jac, order[..., None, -1:], axis=-1)[..., 0]
+  minor_vec = (
+    jnp.take_along_axis(jac, order[..., None, -2:-1], axis=-1)[..., 0]
+    if nd > 1
+    else (jnp.zeros_like(major_vec))
+  )
+  # Each candidate pattern cuts the footprint into n1 x n2 cells (n1 along the major axis),
+  # one probe per cell, each filtered at the cell's width w. The pattern with the smallest w
+  # (least blur) wins: N x 1 for long footprints, sqrt(N) x sqrt(N) for round ones. Widths
+  # stay squared: no sqrt or log of 0 where the grid is degenerate.
+  best = None
+  for n1, n2 in _patterns(n_probes):
+    w2 = jnp.maximum(jnp.maximum(rho2_max / n1**2, rho2_minor / n2**2), 1.0)
+    offsets = _probe_offsets(n1, n2, n_probes, w2, rho2_max, rho2_minor, major_vec, minor_vec)
+    if best is None:
+      best = (w2, offsets)
+    else:
+      take = w2 < best[0]
+      best = (
+        jnp.where(take, w2, best[0]),
+        [jnp.where(take[..., None], o, b) for o, b in zip(offsets, best[1], strict=True)],
+      )
+  w2, offsets = best
   n_levels = max(math.ceil(math.log2(max(spatial))), 0) if max(spatial) > 1 else 0
   lam = jnp.clip(0.5 * jnp.log2(w2) + LEVEL_BIAS, 0.0, float(n_levels))
   lo = jnp.clip(jnp.floor(lam), 0, n_levels).astype(jnp.int32)
   frac = lam - lo.astype(cdt)
   hi = jnp.minimum(lo + 1, n_levels)
-
-  # Probe offsets along the major axis: centres of N width-w boxes tiling length rho_1.
-  major_vec = jnp.take_along_axis(jac, major[..., None, None], axis=-1)[..., 0]
-  spread = rho2_max > w2
-  rho_max = jnp.sqrt(jnp.where(spread, rho2_max, jnp.ones_like(rho2_max)))
-  stretch = jnp.where(spread, 1.0 - jnp.sqrt(w2) / rho_max, jnp.zeros_like(rho_max))
-  if n_probes > 1:
-    positions = np.arange(n_probes) / (n_probes - 1) - 0.5
-  else:
-    positions = np.zeros(1)
-  probes = [pix + (float(p) * stretch)[..., None] * major_vec for p in positions]
+  probes = [pix + o for o in offsets]
 
   radius = 1 if isinstance(kernel, str) else math.ceil(float(kernel.radius))
   atlas, layout = _atlas(u.astype(cdt), n_levels, padding_mode, 2 * radius)
@@ -185,6 +197,41 @@ def _sample_one(u, g, kernel, padding_mode, align_corners, n_probes):
   filtered = v_lo + frac[..., None] * (v_hi - v_lo)
   exact = (rho2_max <= _ONE_PIXEL2)[..., None]
   return jnp.where(exact, plain.astype(cdt), filtered).astype(u.dtype)
+
+
+def _patterns(n_probes: int) -> list[tuple[int, int]]:
+  """Probe layouts ``(along the major axis, along the minor axis)`` with ``n_probes`` cells."""
+  out = [(n_probes, 1)]
+  m = math.isqrt(n_probes)
+  if m > 1 and m * m == n_probes:
+    out.append((m, m))
+  return out
+
+
+def _probe_offsets(n1, n2, n_probes, w2, rho2_max, rho2_minor, major_vec, minor_vec):
+  """Offsets (input pixels) of the ``n1 x n2`` probes: width-``w`` boxes tiling each length.
+
+  Along an axis of length ``rho`` the ``n`` centres run from ``-(rho - w) / 2`` to
+  ``(rho - w) / 2``, so they coincide where ``rho <= w``: as a footprint shrinks to one pixel
+  the probes merge continuously into a single read.
+  """
+  w = jnp.sqrt(w2)  # w2 >= 1
+
+  def spread(rho2, n):
+    if n == 1:
+      return jnp.zeros_like(w)
+    long = rho2 > w2
+    rho = jnp.sqrt(jnp.where(long, rho2, jnp.ones_like(rho2)))
+    return jnp.where(long, 1.0 - w / rho, jnp.zeros_like(rho)) / (n - 1)
+
+  s1, s2 = spread(rho2_max, n1), spread(rho2_minor, n2)
+  offsets = []
+  for i in range(n1):
+    for j in range(n2):
+      a, b = i - (n1 - 1) / 2, j - (n2 - 1) / 2
+      offsets.append((a * s1)[..., None] * major_vec + (b * s2)[..., None] * minor_vec)
+  assert len(offsets) == n_probes
+  return offsets
 
 
 def _unnormalize(coord: jax.Array, size: int, align_corners: bool) -> jax.Array:
