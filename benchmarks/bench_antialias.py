@@ -169,8 +169,12 @@ def accuracy(n: int, sweep: bool) -> list[dict]:
         plain = np.asarray(fns["bilinear"](U, grid))
         got = np.asarray(fns["antialiased"](U, grid))
         rows.append(
-          dict(signal=sname, warp=wname, method="antialiased", max_abs_vs_bilinear=float(
-            np.max(np.abs(got - plain))))
+          dict(
+            signal=sname,
+            warp=wname,
+            method="antialiased",
+            max_abs_vs_bilinear=float(np.max(np.abs(got - plain))),
+          )
         )
         continue
       jac = centre_jacobian(theta, transform, shape, n)
@@ -195,9 +199,15 @@ def accuracy(n: int, sweep: bool) -> list[dict]:
             rmse_above_nyquist=e[2],
           )
         )
-      print(f"{sname:20s} {wname:16s} " + " ".join(
-        f"{r['method']}={r['rmse']:.4f}" for r in rows if r["signal"] == sname
-        and r["warp"] == wname), flush=True)
+      print(
+        f"{sname:20s} {wname:16s} "
+        + " ".join(
+          f"{r['method']}={r['rmse']:.4f}"
+          for r in rows
+          if r["signal"] == sname and r["warp"] == wname
+        ),
+        flush=True,
+      )
   return rows
 
 
@@ -251,11 +261,19 @@ def cost(repeats: int) -> list[dict]:
       med = statistics.median(times[(name, tag)])
       base = statistics.median(times[("bilinear", tag)])
       rows.append(
-        dict(case=cname, impl=name, pass_=tag, median_ms=1e3 * med, ratio_vs_bilinear=med / base,
-             temp_plus_out_bytes=peak)
+        dict(
+          case=cname,
+          impl=name,
+          pass_=tag,
+          median_ms=1e3 * med,
+          ratio_vs_bilinear=med / base,
+          temp_plus_out_bytes=peak,
+        )
       )
-      print(f"{cname:34s} {name:28s} {tag:8s} {1e3 * med:8.2f} ms  x{med / base:5.2f}  "
-            f"{peak} B", flush=True)
+      print(
+        f"{cname:34s} {name:28s} {tag:8s} {1e3 * med:8.2f} ms  x{med / base:5.2f}  {peak} B",
+        flush=True,
+      )
   return rows
 
 
@@ -288,6 +306,46 @@ def figure(n: int, path: str) -> None:
   print("wrote", path)
 
 
+def to_markdown(result: dict) -> str:
+  """The accuracy and cost tables of a result dict, as markdown."""
+  lines = [
+    f"n = {result['n']}, jax {result['jax']}",
+    f"load before: `{result['uptime_before']}`",
+    f"load after: `{result.get('uptime_after', '')}`",
+    "",
+  ]
+  acc = result.get("accuracy", [])
+  if acc:
+    lines += [
+      "| signal | warp | method | RMSE | PSNR dB | RMSE below Nyquist (blur) | above (moire) |",
+      "|---|---|---|---|---|---|---|",
+    ]
+    for r in acc:
+      if "rmse" in r:
+        lines.append(
+          f"| {r['signal']} | {r['warp']} | {r['method']} | {r['rmse']:.4f} | {r['psnr']:.1f} | "
+          f"{r['rmse_below_nyquist']:.4f} | {r['rmse_above_nyquist']:.4f} |"
+        )
+      else:
+        lines.append(
+          f"| {r['signal']} | {r['warp']} | {r['method']} | max abs diff to bilinear: "
+          f"{r['max_abs_vs_bilinear']:.1e} | | | |"
+        )
+    lines.append("")
+  if result.get("cost"):
+    lines += [
+      "| case | implementation | pass | median ms | x bilinear | XLA temp+out MB |",
+      "|---|---|---|---|---|---|",
+    ]
+    for r in result["cost"]:
+      mb = "" if r["temp_plus_out_bytes"] is None else f"{r['temp_plus_out_bytes'] / 2**20:.1f}"
+      lines.append(
+        f"| {r['case']} | {r['impl']} | {r['pass_']} | {r['median_ms']:.2f} | "
+        f"{r['ratio_vs_bilinear']:.2f} | {mb} |"
+      )
+  return "\n".join(lines) + "\n"
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--quick", action="store_true")
@@ -318,6 +376,8 @@ def main():
   suffix = "_quick" if a.quick else ""
   with open(os.path.join(a.out, f"antialias_cpu{suffix}.json"), "w") as f:
     json.dump(result, f, indent=1)
+  with open(os.path.join(a.out, f"antialias_cpu{suffix}.md"), "w") as f:
+    f.write(to_markdown(result))
 
 
 if __name__ == "__main__":
