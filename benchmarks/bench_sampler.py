@@ -86,6 +86,20 @@ class Workload:
   ho: int
   wo: int
   kernel: str = "bilinear"
+  d: int = 0  # > 0: a volume (N, D, H, W, C) sampled on a (Do, Ho, Wo) grid
+  do: int = 0
+
+  @property
+  def volume(self) -> bool:
+    return self.d > 0
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return (self.d, self.h, self.w) if self.volume else (self.h, self.w)
+
+  @property
+  def out_shape(self) -> tuple[int, ...]:
+    return (self.do, self.ho, self.wo) if self.volume else (self.ho, self.wo)
 
 
 WORKLOADS = (
@@ -94,6 +108,13 @@ WORKLOADS = (
   Workload("images 16x224x224x3", 16, 224, 224, 3, 224, 224),
   Workload("down 16x224x224x3->112", 16, 224, 224, 3, 112, 112),
   Workload("bicubic 32x64x64x32", 32, 64, 64, 32, 64, 64, kernel="bicubic"),
+  # Volumes (trilinear; PyTorch's 5-D grid_sample). The first is the configuration PyTorch's
+  # issue tracker uses for 3-D sampling speed; the second is registration-like; the third a
+  # feature volume; the last tricubic (PyTorch has no 5-D bicubic).
+  Workload("volume 1x128^3x1->64^3", 1, 128, 128, 1, 64, 64, d=128, do=64),
+  Workload("volume 2x64^3x8", 2, 64, 64, 8, 64, 64, d=64, do=64),
+  Workload("volume 4x32^3x32", 4, 32, 32, 32, 32, 32, d=32, do=32),
+  Workload("tricubic 2x64^3x8", 2, 64, 64, 8, 64, 64, kernel="bicubic", d=64, do=64),
 )
 
 IMPLS = ("stn_jax", "stn_jax_xla", "torch", "map_coordinates", "dm_pix", "copy")
@@ -103,21 +124,22 @@ IMPLS = ("stn_jax", "stn_jax_xla", "torch", "map_coordinates", "dm_pix", "copy")
 
 
 def make_inputs(wl: Workload, seed: int = 0):
-  """U (N, H, W, C), a near-identity affine grid (N, Ho, Wo, 2) and a cotangent R."""
+  """U (N, *S, C), a near-identity affine grid (N, *So, d) and a cotangent R (N, *So, C)."""
   rng = np.random.default_rng(seed)
-  U = rng.standard_normal((wl.n, wl.h, wl.w, wl.c), dtype=np.float32)
-  theta = np.tile(np.eye(2, 3, dtype=np.float32), (wl.n, 1, 1))
+  k = len(wl.image_shape)
+  U = rng.standard_normal((wl.n, *wl.image_shape, wl.c), dtype=np.float32)
+  theta = np.tile(np.eye(k, k + 1, dtype=np.float32), (wl.n, 1, 1))
   theta += 0.05 * rng.standard_normal(theta.shape, dtype=np.float32)
-  grid = np.asarray(stn_jax.make_grid(jnp.asarray(theta), (wl.ho, wl.wo)), np.float32)
-  R = rng.standard_normal((wl.n, wl.ho, wl.wo, wl.c), dtype=np.float32)
+  grid = np.asarray(stn_jax.make_grid(jnp.asarray(theta), wl.out_shape), np.float32)
+  R = rng.standard_normal((wl.n, *wl.out_shape, wl.c), dtype=np.float32)
   return U, grid, R, theta
 
 
-def _pixel_coords(grid: jax.Array, h: int, w: int) -> tuple[jax.Array, jax.Array]:
-  # align_corners=False: -1 and 1 are the outer edges of the corner pixels.
-  x = ((grid[..., 0] + 1) * w - 1) / 2
-  y = ((grid[..., 1] + 1) * h - 1) / 2
-  return y, x
+def _pixel_coords(grid: jax.Array, shape: tuple[int, ...]) -> list[jax.Array]:
+  """Pixel coordinates, slowest axis first (map_coordinates' order), from a grid whose
+  last axis is (x, y[, z]). align_corners=False: -1 and 1 are the corner pixels' edges."""
+  k = len(shape)
+  return [((grid[..., k - 1 - i] + 1) * shape[i] - 1) / 2 for i in range(k)]
 
 
 # ----------------------------------------------------------------------------- JAX samplers
@@ -145,24 +167,24 @@ def stn_xla_fwd(wl: Workload):
 
 
 def mapc_fwd(wl: Workload):
-  if wl.kernel != "bilinear":
+  if wl.kernel != "bilinear" and not wl.volume:
     return None  # jax map_coordinates has order <= 1 only
+  # (tricubic volumes: order 1 all the same, for scale.)
 
-  def one_channel(u, y, x):
-    return jax.scipy.ndimage.map_coordinates(u, [y, x], order=1, mode="constant", cval=0.0)
+  def one_channel(u, coords):
+    return jax.scipy.ndimage.map_coordinates(u, coords, order=1, mode="constant", cval=0.0)
 
-  per_channel = jax.vmap(one_channel, in_axes=(-1, None, None), out_axes=-1)
+  per_channel = jax.vmap(one_channel, in_axes=(-1, None), out_axes=-1)
   per_example = jax.vmap(per_channel)
 
   def f(U, grid):
-    y, x = _pixel_coords(grid, wl.h, wl.w)
-    return per_example(U, y, x)
+    return per_example(U, _pixel_coords(grid, wl.image_shape))
 
   return f
 
 
 def pix_fwd(wl: Workload):
-  if dm_pix is None or wl.kernel != "bilinear":
+  if dm_pix is None or wl.kernel != "bilinear" or wl.volume:
     return None
 
   # pix.affine_transform builds its own same-size grid from a matrix, so it cannot take
@@ -177,17 +199,19 @@ def pix_fwd(wl: Workload):
     return pix_interpolation.flat_nd_linear_interpolate_constant(u, coords, cval=0.0)
 
   def f(U, grid):
-    y, x = _pixel_coords(grid, wl.h, wl.w)
+    y, x = _pixel_coords(grid, wl.image_shape)
     return jax.vmap(one)(U, y, x)
 
   return f
 
 
-def with_grad(fwd):
-  """(U, grid, R) -> (dU, dgrid) of sum(fwd(U, grid) * R)."""
+def with_grad(fwd, square: bool = False):
+  """(U, grid, R) -> (dU, dgrid) of sum(fwd(U, grid) * R), or of sum(V ** 2) (a nonlinear
+  loss, whose backward needs the forward's V too; R is then unused)."""
 
   def loss(U, grid, R):
-    return jnp.sum(fwd(U, grid) * R)
+    V = fwd(U, grid)
+    return jnp.sum(V * V) if square else jnp.sum(V * R)
 
   return jax.grad(loss, argnums=(0, 1))
 
@@ -234,12 +258,16 @@ def torch_sync(device: str):
     torch.cuda.synchronize()
 
 
-def make_torch_runner(wl: Workload, U, grid, R, device: str, grad: bool):
+def _channels_first(a):
+  return np.ascontiguousarray(np.moveaxis(a, -1, 1))
+
+
+def make_torch_runner(wl: Workload, U, grid, R, device: str, grad: bool, square: bool = False):
   dev = "cuda" if device == "gpu" else "cpu"
-  # NCHW, as a PyTorch user holds it; the permute is not timed.
-  Ut = torch.from_numpy(np.ascontiguousarray(U.transpose(0, 3, 1, 2))).to(dev)
+  # NC(D)HW, as a PyTorch user holds it; the permute is not timed.
+  Ut = torch.from_numpy(_channels_first(U)).to(dev)
   gt = torch.from_numpy(np.array(grid)).to(dev)  # a writable copy
-  Rt = torch.from_numpy(np.ascontiguousarray(R.transpose(0, 3, 1, 2))).to(dev)
+  Rt = torch.from_numpy(_channels_first(R)).to(dev)
   mode = "bicubic" if wl.kernel == "bicubic" else "bilinear"
   kw = dict(mode=mode, padding_mode="zeros", align_corners=False)
   if not grad:
@@ -254,7 +282,7 @@ def make_torch_runner(wl: Workload, U, grid, R, device: str, grad: bool):
 
     def run():
       V = F.grid_sample(Ut, gt, **kw)
-      return torch.autograd.grad((V * Rt).sum(), (Ut, gt))
+      return torch.autograd.grad((V * V if square else V * Rt).sum(), (Ut, gt))
 
   return run
 
@@ -374,8 +402,10 @@ def bench_workload(wl: Workload, args, device: str) -> list[dict]:
   U, grid, R, _ = make_inputs(wl)
   Uj, gj, Rj = (jax.device_put(a) for a in (U, grid, R))
   rows = []
-  for pass_name in ("fwd", "fwd+bwd"):
-    grad = pass_name == "fwd+bwd"
+  passes = ("fwd", "fwd+bwd", "fwd+bwd V^2") if wl.volume else ("fwd", "fwd+bwd")
+  for pass_name in passes:
+    grad = pass_name != "fwd"
+    square = pass_name == "fwd+bwd V^2"
     builders = {
       "stn_jax": stn_fwd,
       "stn_jax_xla": stn_xla_fwd,
@@ -388,7 +418,7 @@ def bench_workload(wl: Workload, args, device: str) -> list[dict]:
       fwd = build(wl) if name in impls else None
       if fwd is None:
         continue
-      fn = with_grad(fwd) if grad else fwd
+      fn = with_grad(fwd, square) if grad else fwd
       jargs = (Uj, gj, Rj) if grad else (Uj, gj)
       compiled, lower_s, compile_s, mem = compile_jax(fn, jargs)
       compile_info[name] = {"lower_s": lower_s, "compile_s": compile_s}
@@ -403,17 +433,18 @@ def bench_workload(wl: Workload, args, device: str) -> list[dict]:
         agree[name] = [float(np.max(np.abs(a - b))) for a, b in zip(out, ref_out, strict=True)]
       runners[name] = jax_runner(compiled, jargs)
 
-    if torch is not None and "torch" in impls:
-      run = make_torch_runner(wl, U, grid, R, device, grad)
+    torch_ok = not (wl.volume and wl.kernel == "bicubic")  # 5-D bicubic: PyTorch refuses
+    if torch is not None and "torch" in impls and torch_ok:
+      run = make_torch_runner(wl, U, grid, R, device, grad, square)
       out = run()
       torch_sync(device)
       if grad:
         out = [
-          out[0].detach().cpu().numpy().transpose(0, 2, 3, 1),
+          np.moveaxis(out[0].detach().cpu().numpy(), 1, -1),
           out[1].detach().cpu().numpy(),
         ]
       else:
-        out = [out.cpu().numpy().transpose(0, 2, 3, 1)]
+        out = [np.moveaxis(out.cpu().numpy(), 1, -1)]
       if ref_out is not None:
         agree["torch"] = [float(np.max(np.abs(a - b))) for a, b in zip(out, ref_out, strict=True)]
       memory["torch"] = {"peak_extra_bytes": torch_peak_bytes(run, device)}

@@ -16,13 +16,13 @@ from helpers import TOLERANCES
 
 import stn_jax
 from stn_jax import kernels
-from stn_jax._src import sampling
+from stn_jax._src import gather
 
 TOL = TOLERANCES[np.dtype(np.float64)]
 
 
 def _reference(monkeypatch):
-  monkeypatch.setattr(sampling, "_combine_taps", sampling._combine_taps.fun)
+  monkeypatch.setattr(gather, "_combine_taps", gather._combine_taps.fun)
   # Traces made with the custom rule must not be reused (jit caches by function object).
   jax.clear_caches()
 
