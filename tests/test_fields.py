@@ -366,6 +366,7 @@ def _monai():
   return pytest.importorskip("monai.networks.blocks")
 
 
+@pytest.mark.filterwarnings("ignore:monai.networks.blocks.Warp. Using PyTorch native")
 def test_warp_matches_monai_warp(rng):
   blocks = _monai()
   import torch
@@ -373,12 +374,13 @@ def test_warp_matches_monai_warp(rng):
   U = rng.normal(size=(2, 12, 15, 3))
   disp = rng.normal(scale=2.0, size=(2, 12, 15, 2))
   warp_layer = blocks.Warp(mode="bilinear", padding_mode="border")
-  image = torch.from_numpy(np.moveaxis(U, -1, 1))
-  ddf = torch.from_numpy(np.asarray(J.to_monai(disp)))
+  image = torch.from_numpy(np.moveaxis(U, -1, 1).copy())
+  ddf = torch.from_numpy(np.array(J.to_monai(disp)))
   expected = np.moveaxis(warp_layer(image, ddf).numpy(), 1, -1)
   assert_close(J.warp(U, disp), expected, "warp vs MONAI Warp", atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:monai.networks.blocks.Warp. Using PyTorch native")
 @pytest.mark.parametrize("padding_mode", ["border", "zeros"])
 def test_integrate_matches_monai_dvf2ddf(padding_mode, rng):
   blocks = _monai()
@@ -386,7 +388,7 @@ def test_integrate_matches_monai_dvf2ddf(padding_mode, rng):
 
   v = np.stack([smooth_field(rng, (16, 20), 3.0) for _ in range(2)])
   layer = blocks.DVF2DDF(num_steps=7, mode="bilinear", padding_mode=padding_mode)
-  expected = layer(torch.from_numpy(np.asarray(J.to_monai(v)))).numpy()
+  expected = layer(torch.from_numpy(np.array(J.to_monai(v)))).numpy()
   actual = J.integrate(v, 7, padding_mode=padding_mode)
   assert_close(fields.from_monai(expected), actual, "integrate vs MONAI DVF2DDF", atol=1e-12)
 

@@ -95,10 +95,10 @@ def displacement_to_grid(disp: ArrayLike, *, align_corners: bool = False) -> jax
     ``(..., *S, d)`` normalised grid, in ``disp``'s float dtype (at least float32).
 
   >>> displacement_to_grid(jnp.zeros((1, 4, 2), jnp.float32))[0]
-  Array([[-0.75, -0.  ],
-         [-0.25, -0.  ],
-         [ 0.25, -0.  ],
-         [ 0.75, -0.  ]], dtype=float32)
+  Array([[-0.75,  0.  ],
+         [-0.25,  0.  ],
+         [ 0.25,  0.  ],
+         [ 0.75,  0.  ]], dtype=float32)
   """
   disp = _as_field(disp, "disp")
   shape = _spatial_shape(disp)
@@ -124,10 +124,10 @@ def grid_to_displacement(grid: ArrayLike, *, align_corners: bool = False) -> jax
   Returns:
     ``(..., *S, d)`` displacement in pixels.
 
-  >>> grid = jnp.array([[[-0.5, 0.0], [0.5, 0.0]]], jnp.float32)  # x shifted by 1/4
+  >>> grid = jnp.array([[[-0.25, 0.0], [0.75, 0.0]]], jnp.float32)  # x moved by 1/4 pixel
   >>> grid_to_displacement(grid)
-  Array([[[0.5, 0. ],
-          [0.5, 0. ]]], dtype=float32)
+  Array([[[0.25, 0.  ],
+          [0.25, 0.  ]]], dtype=float32)
   """
   grid = _as_field(grid, "grid")
   shape = _spatial_shape(grid)
@@ -368,7 +368,8 @@ def jacobian_determinant(disp: ArrayLike) -> jax.Array:
   Returns:
     ``(..., *S)``.
 
-  >>> stretch = jnp.zeros((3, 4, 2)).at[..., 0].set(jnp.arange(4.0) * 0.5)
+  >>> ramp = 0.5 * jnp.arange(4, dtype=jnp.float32)
+  >>> stretch = jnp.zeros((3, 4, 2), jnp.float32).at[..., 0].set(ramp)
   >>> jacobian_determinant(stretch)[1]
   Array([1.5, 1.5, 1.5, 1.5], dtype=float32)
   """
@@ -399,7 +400,7 @@ def folding_fraction(disp: ArrayLike) -> jax.Array:
   Returns:
     ``(...)`` fraction in ``[0, 1]`` (no gradient: it counts).
 
-  >>> folding_fraction(jnp.zeros((2, 5, 5, 2)))
+  >>> folding_fraction(jnp.zeros((2, 5, 5, 2), jnp.float32))
   Array([0., 0.], dtype=float32)
   """
   det = jacobian_determinant(disp)
@@ -427,7 +428,8 @@ def diffusion(disp: ArrayLike) -> jax.Array:
   Returns:
     ``(...)``.
 
-  >>> diffusion(jnp.zeros((1, 4, 4, 2)).at[..., 0].set(0.1 * jnp.arange(4.0)))
+  >>> ramp = 0.1 * jnp.arange(4, dtype=jnp.float32)
+  >>> diffusion(jnp.zeros((1, 4, 4, 2), jnp.float32).at[..., 0].set(ramp))
   Array([0.01], dtype=float32)
   """
   disp = _as_field(disp, "disp")
@@ -459,8 +461,8 @@ def bending_energy(disp: ArrayLike) -> jax.Array:
   Returns:
     ``(...)``.
 
-  >>> x = jnp.arange(5.0)
-  >>> bending_energy(jnp.zeros((5, 5, 2)).at[..., 0].set(3.0 + 2.0 * x))
+  >>> x = jnp.arange(5, dtype=jnp.float32)
+  >>> bending_energy(jnp.zeros((5, 5, 2), jnp.float32).at[..., 0].set(3.0 + 2.0 * x))
   Array(0., dtype=float32)
   """
   disp = _as_field(disp, "disp")
@@ -617,7 +619,7 @@ def to_monai(disp: ArrayLike) -> jax.Array:
   Returns:
     ``(..., d, *S)``, the same values reordered.
 
-  >>> to_monai(jnp.zeros((1, 8, 6, 2))).shape
+  >>> to_monai(jnp.zeros((1, 8, 6, 2), jnp.float32)).shape
   (1, 2, 8, 6)
   """
   disp = _as_field(disp, "disp")
@@ -642,7 +644,7 @@ def from_monai(ddf: ArrayLike, *, spatial_dims: int | None = None) -> jax.Array:
   Returns:
     ``(..., *S, d)``.
 
-  >>> from_monai(jnp.zeros((1, 2, 8, 6))).shape
+  >>> from_monai(jnp.zeros((1, 2, 8, 6), jnp.float32)).shape
   (1, 8, 6, 2)
   """
   ddf = jnp.asarray(ddf)
@@ -666,7 +668,7 @@ def to_voxelmorph(disp: ArrayLike) -> jax.Array:
   Returns:
     ``(..., *S, d)``.
 
-  >>> to_voxelmorph(jnp.array([[[1.0, 2.0]]]))
+  >>> to_voxelmorph(jnp.array([[[1.0, 2.0]]], jnp.float32))
   Array([[[2., 1.]]], dtype=float32)
   """
   disp = _as_field(disp, "disp")
@@ -688,7 +690,7 @@ def from_voxelmorph(flow: ArrayLike) -> jax.Array:
   Returns:
     ``(..., *S, d)``.
 
-  >>> from_voxelmorph(jnp.array([[[2.0, 1.0]]]))
+  >>> from_voxelmorph(jnp.array([[[2.0, 1.0]]], jnp.float32))
   Array([[[1., 2.]]], dtype=float32)
   """
   flow = _as_field(flow, "flow")
