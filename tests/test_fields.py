@@ -328,6 +328,9 @@ def test_batch_dims_vmap_and_jit_equal_eager(rng):
     fn = getattr(J, name)
     assert_close(fn(v), np.stack([fn(x) for x in v]), name, atol=1e-13)
   assert_close(fields.diffusion(v), J.diffusion(v), "diffusion eager vs jit", atol=1e-13)
+  # compose broadcasts: three first fields, one second field.
+  c = J.compose(v, v[0])
+  assert_close(c, np.stack([J.compose(x, v[0]) for x in v]), "compose broadcast", atol=1e-13)
   w = J.invert(v[None], iterations=5)
   assert w.shape == (1,) + v.shape
   assert_close(fields.invert(v, iterations=5), w[0], "invert eager vs jit", atol=1e-13)

@@ -220,7 +220,8 @@ def compose(a: ArrayLike, b: ArrayLike, *, align_corners: bool = False) -> jax.A
       f"a and b must have the same spatial shape and components (..., *S, d); got a "
       f"{a.shape} and b {b.shape}."
     )
-  return b + warp(a, b, "bilinear", padding_mode="border", align_corners=align_corners)
+  a_at_b = warp(a, b, "bilinear", padding_mode="border", align_corners=align_corners)
+  return _lift(b, a_at_b) + a_at_b
 
 
 def _check_count(value: int, name: str) -> int:
