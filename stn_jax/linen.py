@@ -24,13 +24,16 @@ class LocalisationNet(nn.Module):
 
   ``conv1`` (5x5, stride 2) -> ReLU -> ``conv2`` (3x3, stride 2) -> ReLU -> average pooling
   onto a ``pool_size`` grid -> flatten -> ``dense`` -> ReLU, as
-  :class:`stn_jax.nnx.LocalisationNet`. Input channels and size are inferred.
+  :class:`stn_jax.nnx.LocalisationNet`. Input channels and size are inferred. ``ndim=3``
+  is the volumetric form for ``(N, D, H, W, C)`` input (3-D convolutions and pooling).
 
   Attributes:
     features: width of the output.
     channels: output channels of the two convolutions.
-    pool_size: ``(ph, pw)`` grid of the adaptive average pooling; ``(1, 1)`` is global
-      average pooling (translation invariant, so a poor localiser).
+    pool_size: ``(ph, pw)`` grid of the adaptive average pooling (``(pd, ph, pw)`` for
+      volumes); ``(1, 1)`` is global average pooling (translation invariant, so a poor
+      localiser). Default: 4 per axis.
+    ndim: 2 for images, 3 for volumes.
 
   >>> import jax, jax.numpy as jnp
   >>> net = LocalisationNet(features=8)
@@ -38,29 +41,36 @@ class LocalisationNet(nn.Module):
   >>> params = net.init(jax.random.key(0), x)
   >>> net.apply(params, x).shape
   (2, 8)
+  >>> volumes = LocalisationNet(features=8, ndim=3)
+  >>> x = jnp.ones((2, 9, 10, 11, 1), jnp.float32)
+  >>> volumes.apply(volumes.init(jax.random.key(0), x), x).shape
+  (2, 8)
   """
 
   features: int = 32
   channels: Sequence[int] = (16, 32)
-  pool_size: Sequence[int] = (4, 4)
+  pool_size: Sequence[int] | None = None
+  ndim: int = 2
 
   @nn.compact
   def __call__(self, x: ArrayLike) -> jax.Array:
     """Features of ``x``.
 
     Args:
-      x: ``(N, H, W, C)`` channels-last images (or one ``(H, W, C)`` image).
+      x: ``(N, H, W, C)`` channels-last images (or one ``(H, W, C)`` image); volumes
+        ``(N, D, H, W, C)``.
 
     Returns:
       ``(N, features)`` (or ``(features,)``).
     """
     c1, c2 = self.channels
-    pool_size = modules.check_pool_size(self.pool_size)
-    (k1, k2), s = modules.CONV_KERNEL_SIZES, modules.CONV_STRIDES
+    pool_size = modules.check_pool_size(self.pool_size, self.ndim)
+    (k1, k2), s = modules.conv_kernel_sizes(self.ndim), modules.CONV_STRIDES
     x = nn.relu(nn.Conv(c1, k1, strides=s, name="conv1")(x))
     x = nn.relu(nn.Conv(c2, k2, strides=s, name="conv2")(x))
     x = modules.adaptive_avg_pool(x, pool_size)
-    return nn.relu(nn.Dense(self.features, name="dense")(x.reshape(x.shape[:-3] + (-1,))))
+    flat = x.reshape(x.shape[: x.ndim - len(pool_size) - 1] + (-1,))
+    return nn.relu(nn.Dense(self.features, name="dense")(flat))
 
 
 class SpatialTransformer(nn.Module):
@@ -71,15 +81,21 @@ class SpatialTransformer(nn.Module):
   head starts at the identity transform (zero kernel, bias = flattened
   :func:`stn_jax.identity_theta`). Same behaviour as :class:`stn_jax.nnx.SpatialTransformer`.
 
+  Volumes: a 3-D ``output_shape`` ``(Do, Ho, Wo)`` (or 3-D TPS ``control_points``) makes a
+  volumetric transformer for ``(N, D, H, W, C)`` input with the 3-D ``theta``.
+
   Convention:
     Channels-last images ``(N, H, W, C)``. ``theta`` is the core's: it maps normalised
     output coordinates ``(x, y)`` in ``[-1, 1]`` (x along the width) to the input point
-    read there, as in :func:`stn_jax.make_grid`.
+    read there, as in :func:`stn_jax.make_grid`. Volumes: ``(N, D, H, W, C)`` and
+    ``(x, y, z)`` with z along the depth.
 
   Attributes:
-    localisation: any module mapping ``(N, H, W, C)`` to ``(N, features)``.
+    localisation: any module mapping ``(N, H, W, C)`` to ``(N, features)`` (volumes:
+      ``(N, D, H, W, C)``, e.g. ``LocalisationNet(ndim=3)``).
     transform: ``"affine"``, ``"attention"``, ``"projective"`` or ``"tps"``.
     output_shape: ``(Ho, Wo)`` of the output; default: the sampled input's ``(H, W)``.
+      ``(Do, Ho, Wo)`` for volumes (required for them: it fixes ``theta``'s shape).
     kernel: ``"nearest"``, ``"bilinear"``, ``"bicubic"`` or a :class:`stn_jax.Kernel`.
     padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"``.
     align_corners: PyTorch's meaning, used for both the grid and the sampling.
@@ -93,6 +109,11 @@ class SpatialTransformer(nn.Module):
   >>> V.shape, theta
   ((2, 28, 28, 1), Array([[1., 0., 0.],
                           [1., 0., 0.]], dtype=float32))
+  >>> volumetric = SpatialTransformer(LocalisationNet(features=8, ndim=3), output_shape=(4, 5, 6))
+  >>> x = jnp.ones((2, 8, 10, 12, 1), jnp.float32)
+  >>> V, theta = volumetric.apply(volumetric.init(jax.random.key(0), x), x)
+  >>> V.shape, theta.shape
+  ((2, 4, 5, 6, 1), (2, 3, 4))
   """
 
   localisation: nn.Module
@@ -125,13 +146,14 @@ class SpatialTransformer(nn.Module):
     """Localises on ``x`` and warps ``sample_from`` (default ``x``).
 
     Args:
-      x: ``(N, H, W, C)`` input of the localisation network.
+      x: ``(N, H, W, C)`` input of the localisation network (volumes: ``(N, D, H, W, C)``).
       sample_from: ``(N, H', W', C')`` image to warp, e.g. the full-resolution original
         when ``x`` is a downscaled view of it.
 
     Returns:
       ``(V, theta)``: ``V`` is ``(N, Ho, Wo, C')`` with ``(Ho, Wo)`` = ``output_shape`` or
-      the sampled image's ``(H', W')``; ``theta`` is ``(N,)`` plus the transform's shape.
+      the sampled image's ``(H', W')`` (volumes: ``(N, Do, Ho, Wo, C')``); ``theta`` is
+      ``(N,)`` plus the transform's shape.
     """
     options = self._checked_options()
     features = self.localisation(x)

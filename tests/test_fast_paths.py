@@ -16,13 +16,13 @@ from conftest import TOLERANCES
 
 import stn_jax
 from stn_jax import kernels
-from stn_jax._src import sampling
+from stn_jax._src import gather
 
 TOL = TOLERANCES[np.dtype(np.float64)]
 
 
 def _reference(monkeypatch):
-  monkeypatch.setattr(sampling, "_combine_taps", sampling._combine_taps.fun)
+  monkeypatch.setattr(gather, "_combine_taps", gather._combine_taps.fun)
   # Bilinear float32/float64 would otherwise run the compiled kernels (test_native.py).
   monkeypatch.setenv("STN_JAX_NATIVE", "0")
 

@@ -21,16 +21,30 @@ CONV_KERNEL_SIZES = ((5, 5), (3, 3))
 CONV_STRIDES = 2
 
 
+def conv_kernel_sizes(ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """The localisation net's two kernel sizes for images (2) or volumes (3): 5 then 3 per axis."""
+  return tuple((k[0],) * ndim for k in CONV_KERNEL_SIZES)
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
   """Checked, hashable transformer options (hashable: NNX keeps them in its static graph)."""
 
   transform: str
-  output_shape: tuple[int, int] | None
+  output_shape: tuple[int, ...] | None
   kernel: "str | kernels_lib.Kernel"
   padding_mode: str
   align_corners: bool
-  control_points: tuple[tuple[float, float], ...] | None
+  control_points: tuple[tuple[float, ...], ...] | None
+
+  @property
+  def ndim(self) -> int:
+    """Spatial dims: ``len(output_shape)``, else the control points', else 2 (images)."""
+    if self.output_shape is not None:
+      return len(self.output_shape)
+    if self.control_points is not None:
+      return len(self.control_points[0])
+    return 2
 
   @property
   def theta_shape(self) -> tuple[int, ...]:
@@ -57,15 +71,17 @@ def check_options(
     raise ValueError(f"unknown transform {transform!r}; expected one of {grids.TRANSFORMS}.")
   if output_shape is not None:
     try:
-      ho, wo = (int(s) for s in output_shape)
-      ok = ho > 0 and wo > 0 and all(int(s) == s for s in output_shape)
+      sizes = tuple(int(s) for s in output_shape)
+      whole = all(n == s for n, s in zip(sizes, output_shape, strict=True))
+      ok = len(sizes) in (2, 3) and whole and min(sizes) > 0
     except (TypeError, ValueError):
       ok = False
     if not ok:
       raise ValueError(
-        f"output_shape must be None or a pair of positive ints (Ho, Wo); got {output_shape!r}."
+        "output_shape must be None, a pair of positive ints (Ho, Wo) or, for volumes, a "
+        f"triple (Do, Ho, Wo); got {output_shape!r}."
       )
-    output_shape = (ho, wo)
+    output_shape = sizes
   kernels_lib.resolve(kernel)  # raises on unknown kernels
   if padding_mode not in sampling.PADDING_MODES:
     raise ValueError(
@@ -77,16 +93,20 @@ def check_options(
     if transform != "tps":
       raise ValueError(f"control_points only applies to transform='tps'; got {transform!r}.")
     # identity_theta runs the core's checks (shape, distinct, not collinear).
-    grids.identity_theta("tps", control_points=control_points)
+    ndim = None if output_shape is None else len(output_shape)
+    grids.identity_theta("tps", ndim=ndim, control_points=control_points)
     control_points = tuple(
-      (float(x), float(y)) for x, y in np.asarray(control_points, np.float64).tolist()
+      tuple(float(v) for v in point) for point in np.asarray(control_points, np.float64).tolist()
     )
   return Options(transform, output_shape, kernel, padding_mode, bool(align_corners), control_points)
 
 
 def identity_theta(options: Options, dtype=jnp.float32) -> jax.Array:
   return grids.identity_theta(
-    options.transform, control_points=options.control_points_array(), dtype=dtype
+    options.transform,
+    ndim=options.ndim,
+    control_points=options.control_points_array(),
+    dtype=dtype,
   )
 
 
@@ -116,14 +136,16 @@ def warp_from_head(
   source = jnp.asarray(source)
   batch = head_output.shape[:-1]
   theta = head_output.reshape(batch + options.theta_shape)
-  if source.ndim < 3:
+  core = ("H", "W", "C") if options.ndim == 2 else ("D", "H", "W", "C")
+  if source.ndim < len(core):
     raise ValueError(
-      f"the sampled input must have shape (..., H, W, C) (channels-last); got {source.shape}."
+      f"the sampled input must have shape (..., {', '.join(core)}) (channels-last); got "
+      f"{source.shape}."
     )
-  if source.shape[:-3] != batch:
+  if source.shape[: source.ndim - len(core)] != batch:
     raise ValueError(
       f"sample_from must have the same leading (batch) dims as the localised input: "
-      f"expected {batch + ('H', 'W', 'C')}; got {source.shape}."
+      f"expected {batch + core}; got {source.shape}."
     )
   out = sampling.warp(
     source,
@@ -138,14 +160,18 @@ def warp_from_head(
   return out, theta
 
 
-def check_pool_size(pool_size: Sequence[int]) -> tuple[int, int]:
+def check_pool_size(pool_size: Sequence[int] | None, ndim: int = 2) -> tuple[int, ...]:
+  """``pool_size`` as ints, one per spatial axis; None means 4 per axis."""
+  if pool_size is None:
+    return (4,) * ndim
   try:
-    ph, pw = (int(s) for s in pool_size)
+    sizes = tuple(int(s) for s in pool_size)
   except (TypeError, ValueError):
-    ph = pw = 0
-  if ph <= 0 or pw <= 0:
-    raise ValueError(f"pool_size must be a pair of positive ints; got {pool_size!r}.")
-  return ph, pw
+    sizes = ()
+  if len(sizes) != ndim or any(n <= 0 for n in sizes):
+    what = "a pair of positive ints" if ndim == 2 else "a triple of positive ints (volumes)"
+    raise ValueError(f"pool_size must be {what}; got {pool_size!r}.")
+  return sizes
 
 
 def _pool_matrix(size: int, bins: int) -> np.ndarray:
@@ -157,15 +183,22 @@ def _pool_matrix(size: int, bins: int) -> np.ndarray:
   return m
 
 
-def adaptive_avg_pool(x: jax.Array, pool_size: tuple[int, int]) -> jax.Array:
+def adaptive_avg_pool(x: jax.Array, pool_size: tuple[int, ...]) -> jax.Array:
   """Averages ``(..., H, W, C)`` over a ``pool_size`` grid of bins: ``(..., ph, pw, C)``.
 
   A coarse grid, not a global average, because a global average is translation invariant
   and so cannot tell the head where the object is; the grid keeps that while accepting any
-  input size (PyTorch's ``AdaptiveAvgPool2d``).
+  input size (PyTorch's ``AdaptiveAvgPool2d``). A ``pool_size`` of length 3 pools a volume
+  ``(..., D, H, W, C)`` to ``(..., pd, ph, pw, C)`` (``AdaptiveAvgPool3d``).
   """
-  if x.ndim < 3 or x.shape[-3] == 0 or x.shape[-2] == 0:
-    raise ValueError(f"expected a non-empty feature map (..., H, W, C); got {x.shape}.")
-  rows = jnp.asarray(_pool_matrix(x.shape[-3], pool_size[0]), x.dtype)
-  cols = jnp.asarray(_pool_matrix(x.shape[-2], pool_size[1]), x.dtype)
-  return jnp.einsum("ih,...hwc,jw->...ijc", rows, x, cols)
+  ndim = len(pool_size)
+  spatial = x.shape[x.ndim - ndim - 1 : -1]
+  if x.ndim < ndim + 1 or 0 in spatial:
+    layout = "(..., H, W, C)" if ndim == 2 else "(..., D, H, W, C)"
+    raise ValueError(f"expected a non-empty feature map {layout}; got {x.shape}.")
+  # One averaging matrix per axis, contracted in one einsum: "ih,...hwc,jw->...ijc" in 2-D.
+  ins, outs = "dhw"[-ndim:], "aij"[-ndim:]
+  mats = [jnp.asarray(_pool_matrix(n, p), x.dtype) for n, p in zip(spatial, pool_size, strict=True)]
+  specs = [outs[j] + ins[j] for j in range(ndim)]
+  spec = f"{specs[0]},...{ins}c,{','.join(specs[1:])}->...{outs}c"
+  return jnp.einsum(spec, mats[0], x, *mats[1:])

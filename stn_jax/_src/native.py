@@ -12,7 +12,7 @@ another of the four, so first derivatives in either mode run only compiled kerne
 U-gradient is one scatter pass, the grid gradient one pass, with no per-tap temporaries.
 Derivatives the kernels do not cover (w.r.t. the grid of ``u_vjp``, ``grid_jvp`` and
 ``grid_vjp``, i.e. second derivatives in the grid) fall back to JAX's autodiff of the
-gather-based sampler in ``sampling.py``, which is also each primitive's reference and its
+gather-based sampler in ``gather.py``, which is also each primitive's reference and its
 lowering on every platform but the CPU. So every order of ``jvp``/``vjp``/``vmap`` works,
 and the tests compare each path with that reference.
 
@@ -35,7 +35,7 @@ from jax._src import dispatch
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from stn_jax._src import sampling
+from stn_jax._src import gather
 
 _LIBRARY = "stn_jax._bilinear_cpu"
 _TARGETS = {
@@ -108,7 +108,7 @@ def _leading(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
 
 @_leading
 def _ref_fwd(u, g, *, padding_mode, align_corners):
-  return sampling._sample_gather(u, g, "bilinear", padding_mode, align_corners)
+  return gather.sample_gather(u, g, "bilinear", padding_mode, align_corners)
 
 
 def _ref_u_vjp(ct, g, *, padding_mode, align_corners, size):
@@ -155,7 +155,7 @@ def _define(name: str, shape_rule, reference, linear: tuple[int, ...]) -> Primit
   target = jax.ffi.ffi_lowering(_TARGETS[name])
 
   def cpu_lowering(ctx, *args, padding_mode, align_corners, **_):
-    padding = np.int32(sampling.PADDING_MODES.index(padding_mode))
+    padding = np.int32(gather.PADDING_CODES[padding_mode])
     return target(ctx, *args, padding=padding, align_corners=bool(align_corners))
 
   mlir.register_lowering(p, cpu_lowering, platform="cpu")
