@@ -385,6 +385,8 @@ class Registration(nnx.Module):
     Returns:
       A :class:`Registration` at the identity.
     """
+    # Check the options before building (and initialising) the backbone.
+    registration.check_options(spatial_dims, steps, kernel, padding_mode, align_corners)
     backbone = FieldNet(2 * in_features, channels=channels, spatial_dims=spatial_dims, rngs=rngs)
     return cls(
       backbone,

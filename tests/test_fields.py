@@ -343,6 +343,75 @@ def test_float32_in_float32_out(rng):
   assert J.jacobian_determinant(v).dtype == jnp.float32
 
 
+# --- volumes (3-D) ------------------------------------------------------------------------------
+
+
+def test_volume_warp_matches_scipy_and_integer_shift(rng):
+  shape = (5, 6, 7)
+  U = rng.normal(size=shape + (2,))
+  disp = rng.normal(scale=2.0, size=shape + (3,))
+  assert_close(J.warp(U, disp), bilinear_oracle(U, disp), "3-D warp vs scipy", atol=1e-12)
+  # Power-of-two sizes: the normalisation is exact, so an integer shift is bit for bit.
+  shape = (4, 8, 16)
+  U = rng.normal(size=shape + (1,)).astype(np.float32)
+  disp = np.broadcast_to(np.array([3.0, -2.0, 1.0], np.float32), shape + (3,))  # x, y, z
+  expected = np.zeros_like(U)
+  expected[:-1, 2:, :-3] = U[1:, :-2, 3:]
+  for kernel in ("nearest", "bilinear"):
+    out = np.asarray(J.warp(U, disp, kernel, padding_mode="zeros"))
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_volume_affine_fields_det_compose_and_make_grid(rng):
+  shape = (8, 9, 10)
+  centre = (np.array(shape[::-1]) - 1) / 2
+  Ma = rng.normal(scale=0.05, size=(3, 3))
+  Mb = rng.normal(scale=0.05, size=(3, 3))
+  a = affine_field(Ma, -Ma @ centre, shape)
+  b = affine_field(Mb, -Mb @ centre, shape)
+  det = J.jacobian_determinant(a)
+  assert_close(det, np.full(shape, np.linalg.det(np.eye(3) + Ma)), "3-D det", atol=1e-12)
+  c = np.asarray(J.compose(a, b))
+  I3 = np.eye(3)
+  Mc = (I3 + Ma) @ (I3 + Mb) - I3
+  expected = affine_field(Mc, -Mc @ centre, shape)
+  target = identity_pixels(shape) + b
+  inside = np.all((target >= 0) & (target <= np.array(shape[::-1]) - 1), axis=-1)
+  assert inside.mean() > 0.5
+  assert_close(c[inside], expected[inside], "3-D composed affine fields", atol=1e-12)
+  theta = np.eye(3, 4) + rng.normal(scale=0.1, size=(3, 4))
+  for align_corners in (False, True):
+    disp = J.affine_to_displacement(theta, shape, align_corners=align_corners)
+    grid = stn_jax.make_grid(theta, shape, align_corners=align_corners)
+    got = J.displacement_to_grid(disp, align_corners=align_corners)
+    assert_close(got, grid, "3-D affine_to_displacement vs make_grid", atol=1e-14)
+
+
+def test_volume_jacobian_matches_numpy_and_linear_velocity_integrates(rng):
+  u = rng.normal(size=(4, 5, 6, 3))
+  grads = [np.gradient(u[..., k], axis=(2, 1, 0)) for k in range(3)]  # d/dx, d/dy, d/dz
+  jac = np.eye(3) + np.stack([np.stack(g, -1) for g in grads], -2)
+  assert_close(J.jacobian_determinant(u), np.linalg.det(jac), "3-D det vs numpy", atol=1e-12)
+
+  shape, steps = (24, 24, 24), 7
+  centre = np.full(3, 11.5)
+  L = np.array([[0.03, -0.04, 0.01], [0.02, 0.01, -0.03], [-0.01, 0.03, 0.02]])
+  p = identity_pixels(shape) - centre
+  v = np.asarray(J.integrate(p @ L.T, steps))
+  # As in 2-D: exact away from the border (7 steps + 2 max|u| < 9 pixels of margin).
+  interior = (slice(9, 15),) * 3
+  power = np.linalg.matrix_power(np.eye(3) + L / 2**steps, 2**steps) - np.eye(3)
+  assert_close(v[interior], (p @ power.T)[interior], "3-D integrate", atol=1e-11)
+
+
+def test_volume_gradients(rng):
+  shape = (3, 4, 4)
+  U = rng.normal(size=shape + (1,))
+  disp = 0.3 + 0.2 * rng.uniform(size=shape + (3,))
+  disp = np.where(identity_pixels(shape) + disp > np.array(shape[::-1]) - 1.2, -disp, disp)
+  check_grads(J.warp, (U, disp), order=1, modes=("fwd", "rev"))
+
+
 # --- conventions of other libraries -----------------------------------------------------------
 
 
@@ -370,12 +439,16 @@ def _monai():
 
 
 @pytest.mark.filterwarnings("ignore:monai.networks.blocks.Warp. Using PyTorch native")
-def test_warp_matches_monai_warp(rng):
+@pytest.mark.parametrize("dims", [2, 3])
+def test_warp_matches_monai_warp(dims, rng):
   blocks = _monai()
   import torch
 
   U = rng.normal(size=(2, 12, 15, 3))
   disp = rng.normal(scale=2.0, size=(2, 12, 15, 2))
+  if dims == 3:
+    U = rng.normal(size=(2, 6, 7, 8, 2))
+    disp = rng.normal(scale=2.0, size=(2, 6, 7, 8, 3))
   warp_layer = blocks.Warp(mode="bilinear", padding_mode="border")
   image = torch.from_numpy(np.moveaxis(U, -1, 1).copy())
   ddf = torch.from_numpy(np.array(J.to_monai(disp)))
@@ -385,11 +458,12 @@ def test_warp_matches_monai_warp(rng):
 
 @pytest.mark.filterwarnings("ignore:monai.networks.blocks.Warp. Using PyTorch native")
 @pytest.mark.parametrize("padding_mode", ["border", "zeros"])
-def test_integrate_matches_monai_dvf2ddf(padding_mode, rng):
+@pytest.mark.parametrize("shape", [(16, 20), (8, 9, 10)])
+def test_integrate_matches_monai_dvf2ddf(shape, padding_mode, rng):
   blocks = _monai()
   import torch
 
-  v = np.stack([smooth_field(rng, (16, 20), 3.0) for _ in range(2)])
+  v = np.stack([smooth_field(rng, shape, 3.0) for _ in range(2)])
   layer = blocks.DVF2DDF(num_steps=7, mode="bilinear", padding_mode=padding_mode)
   expected = layer(torch.from_numpy(np.array(J.to_monai(v)))).numpy()
   actual = J.integrate(v, 7, padding_mode=padding_mode)
