@@ -114,3 +114,15 @@ def test_options_are_checked_at_construction():
     linen.Registration(linen.FieldNet(), padding_mode="wrap")
   with pytest.raises(ValueError, match="spatial_dims"):
     stn_nnx.Registration.with_field_net(1, spatial_dims=4, rngs=nnx.Rngs(0))
+
+
+def test_volume_registration_identity_at_init():
+  rng = np.random.default_rng(0)
+  moving = jnp.asarray(rng.uniform(size=(1, 8, 8, 8, 1)), jnp.float32)
+  reg = stn_nnx.Registration.with_field_net(
+    1, channels=(4, 4, 4), spatial_dims=3, steps=2, rngs=nnx.Rngs(0)
+  )
+  warped, disp = nnx.jit(lambda m, a, b: m(a, b))(reg, moving, moving)
+  assert disp.shape == (1, 8, 8, 8, 3)
+  np.testing.assert_array_equal(disp, 0.0)
+  np.testing.assert_allclose(warped, moving, rtol=0, atol=1e-6)
