@@ -168,7 +168,7 @@ def warp(
     ``(..., *S, C)``, ``U``'s dtype.
 
   >>> U = jnp.arange(4.0, dtype=jnp.float32).reshape(1, 4, 1)
-  >>> shift = jnp.ones((1, 4, 2), jnp.float32) * jnp.array([1.0, 0.0], jnp.float32)
+  >>> shift = jnp.zeros((1, 4, 2), jnp.float32).at[..., 0].set(1.0)  # one pixel along x
   >>> warp(U, shift)[0, :, 0]
   Array([1., 2., 3., 3.], dtype=float32)
   """
