@@ -1,26 +1,35 @@
-// Bilinear sampling on the CPU: the four passes stn_jax's derivative rules need.
+// Bilinear (2-D) and trilinear (3-D) sampling on the CPU: the four passes stn_jax's
+// derivative rules need, one code for both dimensions.
 //
-// Layout: channels-last. U is (N..., H, W, C), grid is (N..., Ho, Wo, 2) holding (x, y)
-// normalised to [-1, 1], and every array shares the leading dimensions N..., flattened
-// here to one batch axis. The semantics are exactly those of the pure-JAX sampler in
-// stn_jax/_src/sampling.py (PyTorch's grid_sample, plus the documented handling of NaN,
-// inf and huge coordinates), which is the reference these kernels are tested against.
+// Layout: channels-last. U is (N..., H, W, C) or (N..., D, H, W, C), the grid
+// (N..., Ho, Wo, 2) holding (x, y) or (N..., Do, Ho, Wo, 3) holding (x, y, z), normalised to
+// [-1, 1], and every array shares the leading dimensions N..., flattened here to one batch
+// axis. The grid's last dimension says how many spatial axes there are. The semantics are
+// exactly those of the pure-JAX sampler in stn_jax/_src/gather.py (PyTorch's grid_sample,
+// plus the documented handling of NaN, inf and huge coordinates), which is the reference
+// these kernels are tested against.
 //
 //   Fwd      V[p, c]  = sum_t w_t(p) U[tap_t(p), c]
-//   GridJvp  dV[p, c] = dV/dx[p, c] dx[p] + dV/dy[p, c] dy[p]      (linear in dgrid)
-//   GridVjp  dg[p]    = sum_c ct[p, c] (dV/dx[p, c], dV/dy[p, c])  (transpose of GridJvp)
+//   GridJvp  dV[p, c] = sum_a dV/dx_a[p, c] dx_a[p]                 (linear in dgrid)
+//   GridVjp  dg[p, a] = sum_c ct[p, c] dV/dx_a[p, c]                (transpose of GridJvp)
 //   UVjp     dU[q, c] = sum_{p, t: tap_t(p) = q} w_t(p) ct[p, c]    (transpose of Fwd in U)
 //
-// Coordinates and the four weights are computed once per output point and reused across
+// Coordinates and the 2**d weights are computed once per output point and reused across
 // channels. Work is split over the batch (UVjp: each example scatters into its own image,
 // so no two threads write the same pixel) or over output rows (the others) on XLA's
 // intra-op thread pool.
+//
+// The Python side (stn_jax/_src/native.py) passes the padding as its code in
+// gather.PADDING_CODES (the constants below; tests/test_native_volumes.py checks that the
+// two agree) and the coordinate clamp gather.COORD_LIMIT as an attribute, so that limit
+// has one source.
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -37,11 +46,10 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+// Padding codes: gather.PADDING_CODES.
 constexpr int kZeros = 0;
 constexpr int kBorder = 1;
 constexpr int kReflection = 2;
-// Pixel coordinates are clamped to +-2**24 before any integer cast (sampling._COORD_LIMIT).
-constexpr double kCoordLimit = 16777216.0;
 
 // ---------------------------------------------------------------------------------------
 // Work splitting on XLA's intra-op pool. Chunks are claimed from an atomic counter by the
@@ -85,24 +93,44 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t cost_per_item, const 
 }
 
 // ---------------------------------------------------------------------------------------
-// Shapes. Every array is (N..., A, B, D); the leading dims must agree across arrays.
+// Shapes. Every array is (N..., S_1, ..., S_d, K) with d spatial axes (slowest first); the
+// leading dims must agree across arrays.
 
 struct Shape {
   int64_t batch = 1;
-  int64_t a = 0, b = 0, d = 0;
+  int dims = 0;
+  int64_t spatial[3] = {0, 0, 0};
+  int64_t last = 0;
+
+  int64_t Points() const {
+    int64_t n = 1;
+    for (int i = 0; i < dims; ++i) n *= spatial[i];
+    return n;
+  }
 };
 
-ffi::Error ReadShape(const ffi::AnyBuffer& buffer, const char* name, Shape& shape) {
-  auto dims = buffer.dimensions();
-  if (dims.size() < 3) {
-    return ffi::Error::InvalidArgument(std::string(name) + " must have rank >= 3 (..., A, B, D)");
+// The number of spatial axes: the grid's last dimension, 2 or 3.
+ffi::Error GridDims(const ffi::AnyBuffer& grid, int& dims) {
+  auto shape = grid.dimensions();
+  if (shape.size() == 0 || (shape[shape.size() - 1] != 2 && shape[shape.size() - 1] != 3)) {
+    return ffi::Error::InvalidArgument("the grid's last dimension must be 2 or 3");
   }
-  size_t r = dims.size();
+  dims = static_cast<int>(shape[shape.size() - 1]);
+  return ffi::Error::Success();
+}
+
+ffi::Error ReadShape(const ffi::AnyBuffer& buffer, int dims, const char* name, Shape& shape) {
+  auto shape_dims = buffer.dimensions();
+  const size_t r = shape_dims.size();
+  if (r < static_cast<size_t>(dims) + 1) {
+    return ffi::Error::InvalidArgument(std::string(name) + " must have rank >= " +
+                                       std::to_string(dims + 1) + " (..., spatial, last)");
+  }
   shape.batch = 1;
-  for (size_t i = 0; i + 3 < r; ++i) shape.batch *= dims[i];
-  shape.a = dims[r - 3];
-  shape.b = dims[r - 2];
-  shape.d = dims[r - 1];
+  for (size_t i = 0; i + dims + 1 < r; ++i) shape.batch *= shape_dims[i];
+  shape.dims = dims;
+  for (int i = 0; i < dims; ++i) shape.spatial[i] = shape_dims[r - 1 - dims + i];
+  shape.last = shape_dims[r - 1];
   return ffi::Error::Success();
 }
 
@@ -114,12 +142,21 @@ ffi::Error ReadShape(const ffi::AnyBuffer& buffer, const char* name, Shape& shap
 
 ffi::Error CheckCommon(const Shape& image, const Shape& grid, const Shape& other,
                        int64_t other_last) {
-  if (grid.d != 2) return ffi::Error::InvalidArgument("grid's last dimension must be 2");
   if (image.batch != grid.batch || other.batch != grid.batch) {
     return ffi::Error::InvalidArgument("leading (batch) dimensions must agree");
   }
-  if (other.a != grid.a || other.b != grid.b || other.d != other_last) {
-    return ffi::Error::InvalidArgument("per-point array does not match the grid's shape");
+  for (int i = 0; i < grid.dims; ++i) {
+    if (other.spatial[i] != grid.spatial[i]) {
+      return ffi::Error::InvalidArgument("per-point array does not match the grid's shape");
+    }
+  }
+  if (other.last != other_last) {
+    return ffi::Error::InvalidArgument("per-point array has the wrong last dimension");
+  }
+  // Offsets into one example's image are int32 (native.py checks this too).
+  const int64_t elements = image.Points() * image.last;
+  if (elements >= (int64_t{1} << 31)) {
+    return ffi::Error::InvalidArgument("one example's U must have fewer than 2**31 elements");
   }
   return ffi::Error::Success();
 }
@@ -194,21 +231,30 @@ void WithMode(int32_t padding, bool align, bool one_channel, const F& body) {
   }
 }
 
-// Calls body(T{}, Padding, Align, OneChannel) for T = float or double, the others as in
-// WithMode.
+// Calls body(T{}, Dims, Padding, Align, OneChannel) for T = float or double and Dims = 2
+// or 3 (a std::integral_constant), the others as in WithMode.
 template <typename F>
-void Dispatch(ffi::DataType dtype, int32_t padding, bool align, bool one_channel, const F& body) {
+void Dispatch(ffi::DataType dtype, int dims, int32_t padding, bool align, bool one_channel,
+              const F& body) {
   WithMode(padding, align, one_channel, [&](auto p, auto a, auto one) {
+    auto with_dims = [&](auto zero) {
+      if (dims == 2) {
+        body(zero, std::integral_constant<int, 2>{}, p, a, one);
+      } else {
+        body(zero, std::integral_constant<int, 3>{}, p, a, one);
+      }
+    };
     if (dtype == ffi::DataType::F32) {
-      body(float{}, p, a, one);
+      with_dims(float{});
     } else {
-      body(double{}, p, a, one);
+      with_dims(double{});
     }
   });
 }
 
 // ---------------------------------------------------------------------------------------
-// FFI entry points: check shapes and dtype, then dispatch on float32 / float64.
+// FFI entry points: check shapes and dtype, then dispatch on float32 / float64 and on the
+// number of spatial axes.
 
 ffi::Error CheckFloat(ffi::DataType dtype, ffi::DataType other) {
   if (dtype != other) return ffi::Error::InvalidArgument("all arrays must share one dtype");
@@ -218,84 +264,138 @@ ffi::Error CheckFloat(ffi::DataType dtype, ffi::DataType other) {
   return ffi::Error::Success();
 }
 
+ffi::Error CheckLimit(double coord_limit) {
+  // Finite and small enough for the int32 casts after the clamp.
+  if (!(coord_limit > 0 && coord_limit <= 16777216.0)) {
+    return ffi::Error::InvalidArgument("coord_limit must be in (0, 2**24]");
+  }
+  return ffi::Error::Success();
+}
+
+// An image with an empty spatial axis has no taps to read: its samples and their
+// derivatives are 0 (never a read through a clipped offset of -1).
+bool EmptyImage(const Shape& us) {
+  for (int i = 0; i < us.dims; ++i) {
+    if (us.spatial[i] == 0) return true;
+  }
+  return false;
+}
+
+void FillZero(ffi::AnyBuffer buffer) {
+  std::memset(buffer.untyped_data(), 0, buffer.size_bytes());
+}
+
 ffi::Error Fwd(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
-               ffi::Result<ffi::AnyBuffer> out, int32_t padding, bool align_corners) {
+               ffi::Result<ffi::AnyBuffer> out, int32_t padding, bool align_corners,
+               double coord_limit) {
+  int dims;
   Shape us, gs, os;
   STN_RETURN_IF_ERROR(CheckPadding(padding));
-  STN_RETURN_IF_ERROR(ReadShape(u, "U", us));
-  STN_RETURN_IF_ERROR(ReadShape(grid, "grid", gs));
-  STN_RETURN_IF_ERROR(ReadShape(*out, "output", os));
-  STN_RETURN_IF_ERROR(CheckCommon(us, gs, os, us.d));
+  STN_RETURN_IF_ERROR(CheckLimit(coord_limit));
+  STN_RETURN_IF_ERROR(GridDims(grid, dims));
+  STN_RETURN_IF_ERROR(ReadShape(u, dims, "U", us));
+  STN_RETURN_IF_ERROR(ReadShape(grid, dims, "grid", gs));
+  STN_RETURN_IF_ERROR(ReadShape(*out, dims, "output", os));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, os, us.last));
   STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), grid.element_type()));
-  Dispatch(u.element_type(), padding, align_corners, us.d == 1,
-           [&](auto zero, auto p, auto a, auto one) {
+  STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), out->element_type()));
+  if (EmptyImage(us)) {
+    FillZero(*out);
+    return ffi::Error::Success();
+  }
+  Dispatch(u.element_type(), dims, padding, align_corners, us.last == 1,
+           [&](auto zero, auto d, auto p, auto a, auto one) {
              using T = decltype(zero);
-             Pick(&avx2::FwdImpl<T, p, a, one>, &portable::FwdImpl<T, p, a, one>)(
-                 pool, u.typed_data<T>(), grid.typed_data<T>(), out->typed_data<T>(), us, gs);
+             Pick(&avx2::FwdImpl<T, d, p, a, one>, &portable::FwdImpl<T, d, p, a, one>)(
+                 pool, u.typed_data<T>(), grid.typed_data<T>(), out->typed_data<T>(), us, gs,
+                 static_cast<T>(coord_limit));
            });
   return ffi::Error::Success();
 }
 
 ffi::Error GridJvp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
                    ffi::AnyBuffer dgrid, ffi::Result<ffi::AnyBuffer> out, int32_t padding,
-                   bool align_corners) {
+                   bool align_corners, double coord_limit) {
+  int dims;
   Shape us, gs, ds, os;
   STN_RETURN_IF_ERROR(CheckPadding(padding));
-  STN_RETURN_IF_ERROR(ReadShape(u, "U", us));
-  STN_RETURN_IF_ERROR(ReadShape(grid, "grid", gs));
-  STN_RETURN_IF_ERROR(ReadShape(dgrid, "grid tangent", ds));
-  STN_RETURN_IF_ERROR(ReadShape(*out, "output", os));
-  STN_RETURN_IF_ERROR(CheckCommon(us, gs, ds, 2));
-  STN_RETURN_IF_ERROR(CheckCommon(us, gs, os, us.d));
+  STN_RETURN_IF_ERROR(CheckLimit(coord_limit));
+  STN_RETURN_IF_ERROR(GridDims(grid, dims));
+  STN_RETURN_IF_ERROR(ReadShape(u, dims, "U", us));
+  STN_RETURN_IF_ERROR(ReadShape(grid, dims, "grid", gs));
+  STN_RETURN_IF_ERROR(ReadShape(dgrid, dims, "grid tangent", ds));
+  STN_RETURN_IF_ERROR(ReadShape(*out, dims, "output", os));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, ds, dims));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, os, us.last));
   STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), grid.element_type()));
   STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), dgrid.element_type()));
-  Dispatch(u.element_type(), padding, align_corners, us.d == 1,
-           [&](auto zero, auto p, auto a, auto one) {
+  STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), out->element_type()));
+  if (EmptyImage(us)) {
+    FillZero(*out);
+    return ffi::Error::Success();
+  }
+  Dispatch(u.element_type(), dims, padding, align_corners, us.last == 1,
+           [&](auto zero, auto d, auto p, auto a, auto one) {
              using T = decltype(zero);
-             Pick(&avx2::GridJvpImpl<T, p, a, one>, &portable::GridJvpImpl<T, p, a, one>)(
+             Pick(&avx2::GridJvpImpl<T, d, p, a, one>, &portable::GridJvpImpl<T, d, p, a, one>)(
                  pool, u.typed_data<T>(), grid.typed_data<T>(), dgrid.typed_data<T>(),
-                 out->typed_data<T>(), us, gs);
+                 out->typed_data<T>(), us, gs, static_cast<T>(coord_limit));
            });
   return ffi::Error::Success();
 }
 
 ffi::Error GridVjp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid, ffi::AnyBuffer ct,
-                   ffi::Result<ffi::AnyBuffer> dgrid, int32_t padding, bool align_corners) {
+                   ffi::Result<ffi::AnyBuffer> dgrid, int32_t padding, bool align_corners,
+                   double coord_limit) {
+  int dims;
   Shape us, gs, cs, ds;
   STN_RETURN_IF_ERROR(CheckPadding(padding));
-  STN_RETURN_IF_ERROR(ReadShape(u, "U", us));
-  STN_RETURN_IF_ERROR(ReadShape(grid, "grid", gs));
-  STN_RETURN_IF_ERROR(ReadShape(ct, "cotangent", cs));
-  STN_RETURN_IF_ERROR(ReadShape(*dgrid, "grid cotangent", ds));
-  STN_RETURN_IF_ERROR(CheckCommon(us, gs, cs, us.d));
-  STN_RETURN_IF_ERROR(CheckCommon(us, gs, ds, 2));
+  STN_RETURN_IF_ERROR(CheckLimit(coord_limit));
+  STN_RETURN_IF_ERROR(GridDims(grid, dims));
+  STN_RETURN_IF_ERROR(ReadShape(u, dims, "U", us));
+  STN_RETURN_IF_ERROR(ReadShape(grid, dims, "grid", gs));
+  STN_RETURN_IF_ERROR(ReadShape(ct, dims, "cotangent", cs));
+  STN_RETURN_IF_ERROR(ReadShape(*dgrid, dims, "grid cotangent", ds));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, cs, us.last));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, ds, dims));
   STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), grid.element_type()));
   STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), ct.element_type()));
-  Dispatch(u.element_type(), padding, align_corners, us.d == 1,
-           [&](auto zero, auto p, auto a, auto one) {
+  STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), dgrid->element_type()));
+  if (EmptyImage(us)) {
+    FillZero(*dgrid);
+    return ffi::Error::Success();
+  }
+  Dispatch(u.element_type(), dims, padding, align_corners, us.last == 1,
+           [&](auto zero, auto d, auto p, auto a, auto one) {
              using T = decltype(zero);
-             Pick(&avx2::GridVjpImpl<T, p, a, one>, &portable::GridVjpImpl<T, p, a, one>)(
+             Pick(&avx2::GridVjpImpl<T, d, p, a, one>, &portable::GridVjpImpl<T, d, p, a, one>)(
                  pool, u.typed_data<T>(), grid.typed_data<T>(), ct.typed_data<T>(),
-                 dgrid->typed_data<T>(), us, gs);
+                 dgrid->typed_data<T>(), us, gs, static_cast<T>(coord_limit));
            });
   return ffi::Error::Success();
 }
 
 ffi::Error UVjp(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer grid,
-                ffi::Result<ffi::AnyBuffer> du, int32_t padding, bool align_corners) {
+                ffi::Result<ffi::AnyBuffer> du, int32_t padding, bool align_corners,
+                double coord_limit) {
+  int dims;
   Shape cs, gs, us;
   STN_RETURN_IF_ERROR(CheckPadding(padding));
-  STN_RETURN_IF_ERROR(ReadShape(ct, "cotangent", cs));
-  STN_RETURN_IF_ERROR(ReadShape(grid, "grid", gs));
-  STN_RETURN_IF_ERROR(ReadShape(*du, "U cotangent", us));
-  STN_RETURN_IF_ERROR(CheckCommon(us, gs, cs, us.d));
+  STN_RETURN_IF_ERROR(CheckLimit(coord_limit));
+  STN_RETURN_IF_ERROR(GridDims(grid, dims));
+  STN_RETURN_IF_ERROR(ReadShape(ct, dims, "cotangent", cs));
+  STN_RETURN_IF_ERROR(ReadShape(grid, dims, "grid", gs));
+  STN_RETURN_IF_ERROR(ReadShape(*du, dims, "U cotangent", us));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, cs, us.last));
   STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), grid.element_type()));
   STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), du->element_type()));
-  Dispatch(ct.element_type(), padding, align_corners, us.d == 1,
-           [&](auto zero, auto p, auto a, auto one) {
+  if (EmptyImage(us)) return ffi::Error::Success();  // dU has no elements
+  Dispatch(ct.element_type(), dims, padding, align_corners, us.last == 1,
+           [&](auto zero, auto d, auto p, auto a, auto one) {
              using T = decltype(zero);
-             Pick(&avx2::UVjpImpl<T, p, a, one>, &portable::UVjpImpl<T, p, a, one>)(
-                 pool, ct.typed_data<T>(), grid.typed_data<T>(), du->typed_data<T>(), us, gs);
+             Pick(&avx2::UVjpImpl<T, d, p, a, one>, &portable::UVjpImpl<T, d, p, a, one>)(
+                 pool, ct.typed_data<T>(), grid.typed_data<T>(), du->typed_data<T>(), us, gs,
+                 static_cast<T>(coord_limit));
            });
   return ffi::Error::Success();
 }
@@ -309,7 +409,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearFwd, Fwd,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int32_t>("padding")
-                                  .Attr<bool>("align_corners"));
+                                  .Attr<bool>("align_corners")
+                                  .Attr<double>("coord_limit"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearGridJvp, GridJvp,
                               ffi::Ffi::Bind()
@@ -319,7 +420,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearGridJvp, GridJvp,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int32_t>("padding")
-                                  .Attr<bool>("align_corners"));
+                                  .Attr<bool>("align_corners")
+                                  .Attr<double>("coord_limit"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearGridVjp, GridVjp,
                               ffi::Ffi::Bind()
@@ -329,7 +431,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearGridVjp, GridVjp,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int32_t>("padding")
-                                  .Attr<bool>("align_corners"));
+                                  .Attr<bool>("align_corners")
+                                  .Attr<double>("coord_limit"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearUVjp, UVjp,
                               ffi::Ffi::Bind()
@@ -338,4 +441,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearUVjp, UVjp,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int32_t>("padding")
-                                  .Attr<bool>("align_corners"));
+                                  .Attr<bool>("align_corners")
+                                  .Attr<double>("coord_limit"));

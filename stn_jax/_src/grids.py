@@ -504,8 +504,8 @@ def _as_theta(
     message = f"theta for transform={transform!r} must have shape {expected}; got {theta.shape}."
     other = 5 - ndim
     if theta.shape[theta.ndim - len(trailing) :] == _THETA_TRAILING[other].get(transform):
-      kind = "volume (D, H, W)" if other == 3 else "image (H, W)"
-      message += f" That is the {other}-D shape: pass an output shape of a {kind}."
+      kind = "a volume (D, H, W)" if other == 3 else "an image (H, W)"
+      message += f" That is the {other}-D shape: pass the output shape of {kind}."
     raise ValueError(message)
   return theta
 

@@ -1,6 +1,9 @@
 """The bilinear sampler as JAX primitives with a compiled CPU kernel (``csrc/bilinear.cc``).
 
-Four primitives, each linear in its first or last array argument:
+Bilinear on images, trilinear on volumes (PyTorch's ``"bilinear"`` on 5-D input): the same
+primitives and the same C++ passes, templated on the number of spatial axes, which the
+grid's last dimension (2 or 3) gives. Four primitives, each linear in its first or last
+array argument:
 
 * ``fwd(U, grid)``: the samples ``V``; linear in ``U``.
 * ``u_vjp(ct, grid)``: the scatter ``dU``, the transpose of ``fwd`` in ``U``.
@@ -15,6 +18,11 @@ Derivatives the kernels do not cover (w.r.t. the grid of ``u_vjp``, ``grid_jvp``
 gather-based sampler in ``gather.py``, which is also each primitive's reference and its
 lowering on every platform but the CPU. So every order of ``jvp``/``vjp``/``vmap`` works,
 and the tests compare each path with that reference.
+
+The Python/C++ contract has one source, ``gather.py``: the padding mode is passed as its
+code in ``gather.PADDING_CODES`` (the C++ constants are checked against it by
+``tests/test_native_volumes.py``) and the coordinate clamp as the attribute
+``coord_limit = gather.COORD_LIMIT``.
 
 The compiled library is optional: without it (or with ``STN_JAX_NATIVE=0`` in the
 environment, read at each trace) :func:`available` is False and ``sample`` uses the
@@ -68,13 +76,17 @@ def available() -> bool:
 
 def usable(u: jax.Array, g: jax.Array) -> bool:
   """Whether the kernels take these per-example arrays: one float32/float64 dtype, an image
+  ``(H, W, C)`` with a grid ``(..., 2)`` or a volume ``(D, H, W, C)`` with a grid ``(..., 3)``
   of fewer than 2**31 elements (the kernels index it with int32), and a single CPU device.
 
   With several CPU devices (``--xla_force_host_platform_device_count``, multi-process CPU
   runs) the pure-JAX sampler is used: XLA's partitioner cannot split an FFI call, so a
   batch-sharded ``sample`` would be gathered onto every device.
   """
-  small = math.prod(u.shape[-3:]) < 2**31
+  d = g.shape[-1] if g.ndim else 0
+  if d not in gather.SPATIAL_NDIMS or u.ndim < d + 1 or g.ndim < d + 1:
+    return False
+  small = math.prod(u.shape[-(d + 1) :]) < 2**31
   return (
     u.dtype == g.dtype and u.dtype in _DTYPES and small and available() and _single_cpu_device()
   )
@@ -85,9 +97,18 @@ def _single_cpu_device() -> bool:
   return len(jax.devices("cpu")) == 1
 
 
-def sample_bilinear(u, g, padding_mode: str, align_corners: bool) -> jax.Array:
-  """``V`` for ``u`` ``(..., H, W, C)`` and ``g`` ``(..., Ho, Wo, 2)`` of one dtype."""
+def sample_linear(u, g, padding_mode: str, align_corners: bool) -> jax.Array:
+  """``V`` for ``u`` ``(..., H, W, C)`` and ``g`` ``(..., Ho, Wo, 2)`` (bilinear), or ``u``
+  ``(..., D, H, W, C)`` and ``g`` ``(..., Do, Ho, Wo, 3)`` (trilinear), of one dtype."""
   return fwd_p.bind(u, g, padding_mode=padding_mode, align_corners=align_corners)
+
+
+sample_bilinear = sample_linear  # the name sampling.py has called since the 2-D kernels
+
+
+def _ndim(g) -> int:
+  """Spatial axes of a grid (array or aval): its last dimension."""
+  return g.shape[-1]
 
 
 # ---------------------------------------------------------------------------------------
@@ -95,11 +116,13 @@ def sample_bilinear(u, g, padding_mode: str, align_corners: bool) -> jax.Array:
 
 
 def _leading(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
-  """Lifts a per-example function over the leading dims that all its arrays share."""
+  """Lifts a per-example function over the leading dims that all its arrays share (the
+  grid is the second argument; it says how many trailing dims one example has)."""
 
   def lifted(*args, **params):
-    lead = args[0].shape[:-3]
-    flat = [a.reshape((-1,) + a.shape[-3:]) for a in args]
+    k = _ndim(args[1]) + 1
+    lead = args[0].shape[:-k]
+    flat = [a.reshape((-1,) + a.shape[-k:]) for a in args]
     out = jax.vmap(functools.partial(fn, **params))(*flat)
     return out.reshape(lead + out.shape[1:])
 
@@ -112,7 +135,7 @@ def _ref_fwd(u, g, *, padding_mode, align_corners):
 
 
 def _ref_u_vjp(ct, g, *, padding_mode, align_corners, size):
-  u = jnp.zeros(ct.shape[:-3] + tuple(size) + ct.shape[-1:], ct.dtype)
+  u = jnp.zeros(ct.shape[: -(_ndim(g) + 1)] + tuple(size) + ct.shape[-1:], ct.dtype)
   fwd = functools.partial(_ref_fwd, padding_mode=padding_mode, align_corners=align_corners)
   return jax.vjp(lambda x: fwd(x, g), u)[1](ct)[0]
 
@@ -136,7 +159,8 @@ def _shape_fwd(u, g, **_):
 
 
 def _shape_u_vjp(ct, g, *, size, **_):
-  return jax.core.ShapedArray(ct.shape[:-3] + tuple(size) + ct.shape[-1:], ct.dtype)
+  lead = ct.shape[: -(_ndim(g) + 1)]
+  return jax.core.ShapedArray(lead + tuple(size) + ct.shape[-1:], ct.dtype)
 
 
 def _shape_grid_jvp(u, g, dg, **_):
@@ -153,13 +177,17 @@ def _define(name: str, shape_rule, reference, linear: tuple[int, ...]) -> Primit
   p.def_impl(functools.partial(dispatch.apply_primitive, p))
   p.def_abstract_eval(shape_rule)
   target = jax.ffi.ffi_lowering(_TARGETS[name])
+  fallback = mlir.lower_fun(reference, multiple_results=False)
 
-  def cpu_lowering(ctx, *args, padding_mode, align_corners, **_):
+  def cpu_lowering(ctx, *args, padding_mode, align_corners, **params):
+    if not _load():  # bound directly (not through ``sample``) without the library built
+      return fallback(ctx, *args, padding_mode=padding_mode, align_corners=align_corners, **params)
     padding = np.int32(gather.PADDING_CODES[padding_mode])
-    return target(ctx, *args, padding=padding, align_corners=bool(align_corners))
+    limit = np.float64(gather.COORD_LIMIT)
+    return target(ctx, *args, padding=padding, align_corners=bool(align_corners), coord_limit=limit)
 
   mlir.register_lowering(p, cpu_lowering, platform="cpu")
-  mlir.register_lowering(p, mlir.lower_fun(reference, multiple_results=False))
+  mlir.register_lowering(p, fallback)
   batching.primitive_batchers[p] = functools.partial(_batch, p)
   p.reference = reference
   p.linear = linear
@@ -232,7 +260,7 @@ def _transpose(p: Primitive, ct, *args, **params):
     result[i] = ad.Zero(args[i].aval)
     return result
   fast = {
-    (fwd_p, 0): lambda: u_vjp_p.bind(ct, args[1], size=args[0].aval.shape[-3:-1], **params),
+    (fwd_p, 0): lambda: u_vjp_p.bind(ct, args[1], size=_spatial_size(args), **params),
     (u_vjp_p, 0): lambda: fwd_p.bind(ct, args[1], **_sampling_params(params)),
     (grid_jvp_p, 2): lambda: grid_vjp_p.bind(args[0], args[1], ct, **params),
     (grid_vjp_p, 2): lambda: grid_jvp_p.bind(args[0], args[1], ct, **params),
@@ -248,6 +276,12 @@ def _transpose(p: Primitive, ct, *args, **params):
 
   result[i] = jax.vjp(along, _zeros(args[i]))[1](ct)[0]
   return result
+
+
+def _spatial_size(args) -> tuple[int, ...]:
+  """``U``'s spatial shape, from the avals of ``fwd``'s arguments ``(U, grid)``."""
+  d = _ndim(args[1])  # the grid: a primal here, never an UndefinedPrimal
+  return tuple(args[0].aval.shape[-(d + 1) : -1])
 
 
 def _sampling_params(params):

@@ -208,10 +208,11 @@ def _sample_one(
 ) -> jax.Array:
   """One example: ``u`` is ``(*S, C)``, ``g`` is ``(*So, d)`` in the compute dtype.
 
-  Bilinear float32/float64 images run the compiled kernels of ``native.py`` where they are
-  built (the same values and derivatives); everything else the gather-based sampler.
+  Bilinear float32/float64 images and (trilinear) volumes run the compiled kernels of
+  ``native.py`` where they are built (the same values and derivatives); everything else the
+  gather-based sampler.
   """
   spatial = u.shape[:-1]
-  if kernel == "bilinear" and len(spatial) == 2 and 0 not in spatial and native.usable(u, g):
-    return native.sample_bilinear(u, g, padding_mode, align_corners)
+  if kernel == "bilinear" and 0 not in spatial and native.usable(u, g):
+    return native.sample_linear(u, g, padding_mode, align_corners)
   return gather.sample_gather(u, g, kernel, padding_mode, align_corners)
