@@ -2,7 +2,7 @@
 
 A script, not part of the test run. See benchmarks/README.md ("Deformation fields").
 
-  python benchmarks/bench_fields.py            # 2-D (8, 256, 256, 2); 3-D if sample is 3-D
+  python benchmarks/bench_fields.py            # 2-D (8, 256, 256, 2) and 3-D (1, 96, 96, 96, 3)
   python benchmarks/bench_fields.py --quick    # smoke run: small fields, few repeats
 
 Every implementation runs the same algorithm: u = v / 2^7, then 7 times u += warp(u, u)
