@@ -5,6 +5,7 @@ sampling grid and :func:`sample` reads a channels-last feature map on it with a 
 both with exactly PyTorch's ``affine_grid`` / ``grid_sample`` conventions.
 """
 
+from stn_jax import fields as fields
 from stn_jax import kernels as kernels
 from stn_jax._src.grids import TRANSFORMS as TRANSFORMS
 from stn_jax._src.grids import attention_to_affine as attention_to_affine
@@ -29,6 +30,7 @@ __all__ = (
   "attention_to_affine",
   "compose",
   "default_control_points",
+  "fields",
   "identity_theta",
   "invert",
   "kernels",

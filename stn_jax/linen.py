@@ -9,13 +9,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import linen as nn
 from jax.typing import ArrayLike
 
 from stn_jax._src import kernels as kernels_lib
-from stn_jax._src import modules
+from stn_jax._src import modules, registration
 
-__all__ = ("LocalisationNet", "SpatialTransformer")
+__all__ = ("FieldNet", "LocalisationNet", "Registration", "SpatialTransformer")
 
 
 class LocalisationNet(nn.Module):
@@ -165,3 +166,100 @@ class SpatialTransformer(nn.Module):
     )
     source = x if sample_from is None else sample_from
     return modules.warp_from_head(head(features), source, options)
+
+
+class FieldNet(nn.Module):
+  """A small ready-made registration backbone, as :class:`stn_jax.nnx.FieldNet`.
+
+  ``conv1`` -> ReLU -> ``conv2`` (stride 2) -> ReLU -> ``conv3`` -> ReLU; input channels
+  and the number of spatial dims are inferred (``x.ndim - 2``).
+
+  Attributes:
+    channels: output channels of the three convolutions.
+
+  >>> import jax, jax.numpy as jnp
+  >>> x = jnp.ones((1, 28, 28, 2), jnp.float32)
+  >>> params = FieldNet().init(jax.random.key(0), x)
+  >>> FieldNet().apply(params, x).shape
+  (1, 14, 14, 32)
+  """
+
+  channels: Sequence[int] = (16, 32, 32)
+
+  @nn.compact
+  def __call__(self, x: ArrayLike) -> jax.Array:
+    """Features ``(N, *S / 2, channels[-1])`` of ``x`` ``(N, *S, C)``."""
+    x = jnp.asarray(x)
+    k = (registration.FIELD_NET_KERNEL,) * (x.ndim - 2)
+    for i, (c, s) in enumerate(zip(self.channels, registration.FIELD_NET_STRIDES, strict=True)):
+      x = nn.relu(nn.Conv(c, k, strides=s, name=f"conv{i + 1}")(x))
+    return x
+
+
+class Registration(nn.Module):
+  """Learned deformable registration, as :class:`stn_jax.nnx.Registration`.
+
+  ``backbone`` maps the channel-concatenated (moving, fixed) pair to features, the zero-
+  initialised convolutional ``head`` maps them to a velocity (integrated with ``steps``
+  squarings) or, with ``steps=0``, a displacement; the field is resized to the moving
+  image's size (values rescaled) and warps the moving image. Starts at the identity.
+
+  Convention:
+    Channels-last ``(N, *S, C)`` images; the field ``(N, *S, d)`` holds ``(x, y[, z])`` in
+    pixels of the moving image, pull (:func:`stn_jax.fields.displacement_to_grid`).
+
+  Attributes:
+    backbone: any module mapping ``(N, *S, 2 C)`` to ``(N, *s, features)``.
+    spatial_dims: 2 or 3.
+    steps: squarings of the velocity; 0: the head predicts a displacement.
+    kernel: how the moving image is sampled, as in :func:`stn_jax.sample`.
+    padding_mode: as in :func:`stn_jax.sample`; default ``"border"``.
+    align_corners: PyTorch's meaning.
+
+  >>> import jax, jax.numpy as jnp
+  >>> reg = Registration(FieldNet())
+  >>> x = jnp.ones((3, 28, 28, 1), jnp.float32)
+  >>> params = reg.init(jax.random.key(0), x, x)
+  >>> warped, field = reg.apply(params, x, x)
+  >>> warped.shape, field.shape, float(abs(field).max())
+  ((3, 28, 28, 1), (3, 28, 28, 2), 0.0)
+  """
+
+  backbone: nn.Module
+  spatial_dims: int = 2
+  steps: int = 7
+  kernel: "str | kernels_lib.Kernel" = "bilinear"
+  padding_mode: str = "border"
+  align_corners: bool = False
+
+  def __post_init__(self):
+    self._checked_options()  # fail at construction, as the NNX module does
+    super().__post_init__()
+
+  def _checked_options(self) -> registration.Options:
+    return registration.check_options(
+      self.spatial_dims, self.steps, self.kernel, self.padding_mode, self.align_corners
+    )
+
+  @nn.compact
+  def __call__(self, moving: ArrayLike, fixed: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """Registers ``moving`` to ``fixed``.
+
+    Args:
+      moving: ``(N, *S, C)`` image to warp.
+      fixed: ``(N, *S, C)`` target.
+
+    Returns:
+      ``(warped, disp)`` as in :class:`stn_jax.nnx.Registration`.
+    """
+    options = self._checked_options()
+    moving, fixed = registration.check_pair(moving, fixed, options.spatial_dims)
+    features = self.backbone(jnp.concatenate([moving, fixed], axis=-1))
+    head = nn.Conv(
+      options.spatial_dims,
+      (registration.HEAD_KERNEL,) * options.spatial_dims,
+      kernel_init=nn.initializers.zeros_init(),
+      bias_init=nn.initializers.zeros_init(),
+      name="head",
+    )
+    return registration.field_and_warp(head(features), moving, options)

@@ -9,13 +9,14 @@ import math
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.typing import ArrayLike
 
 from stn_jax._src import kernels as kernels_lib
-from stn_jax._src import modules
+from stn_jax._src import modules, registration
 
-__all__ = ("LocalisationNet", "SpatialTransformer")
+__all__ = ("FieldNet", "LocalisationNet", "Registration", "SpatialTransformer")
 
 
 class LocalisationNet(nnx.Module):
@@ -248,3 +249,167 @@ class SpatialTransformer(nnx.Module):
     modules.check_features(features, self.features)
     source = x if sample_from is None else sample_from
     return modules.warp_from_head(self.head(features), source, self.options)
+
+
+class FieldNet(nnx.Module):
+  """A small ready-made registration backbone: three 3x3 convolutions, the second strided.
+
+  ``conv1`` -> ReLU -> ``conv2`` (stride 2) -> ReLU -> ``conv3`` -> ReLU: features at half
+  the input's resolution, so :class:`Registration` predicts (and integrates) a coarse field
+  and resizes it. Works for images (``spatial_dims=2``) and volumes (3).
+
+  Args:
+    in_features: channels of its input (``2 C`` for a moving/fixed pair of ``C`` channels).
+    channels: output channels of the three convolutions; the last is ``features``.
+    spatial_dims: 2 or 3.
+    rngs: NNX random streams.
+
+  Attributes:
+    features: channels of the output, to pass on to :class:`Registration`.
+
+  >>> import jax.numpy as jnp
+  >>> net = FieldNet(2, rngs=nnx.Rngs(0))
+  >>> net(jnp.ones((1, 28, 28, 2), jnp.float32)).shape
+  (1, 14, 14, 32)
+  """
+
+  def __init__(
+    self,
+    in_features: int,
+    *,
+    channels: Sequence[int] = (16, 32, 32),
+    spatial_dims: int = 2,
+    rngs: nnx.Rngs,
+  ):
+    c1, c2, c3 = channels
+    self.features = c3
+    k = (registration.FIELD_NET_KERNEL,) * spatial_dims
+    s1, s2, s3 = registration.FIELD_NET_STRIDES
+    self.conv1 = nnx.Conv(in_features, c1, k, strides=s1, rngs=rngs)
+    self.conv2 = nnx.Conv(c1, c2, k, strides=s2, rngs=rngs)
+    self.conv3 = nnx.Conv(c2, c3, k, strides=s3, rngs=rngs)
+
+  def __call__(self, x: ArrayLike) -> jax.Array:
+    """Features ``(N, *S / 2, features)`` of ``x`` ``(N, *S, in_features)``."""
+    x = nnx.relu(self.conv1(x))
+    x = nnx.relu(self.conv2(x))
+    return nnx.relu(self.conv3(x))
+
+
+class Registration(nnx.Module):
+  """Learned deformable registration: features of a (moving, fixed) pair to a dense field.
+
+  ``backbone`` maps the channel-concatenated pair to a feature map, the convolutional head
+  ``head`` maps that to a ``d``-channel field (a velocity, integrated with ``steps``
+  squarings by :func:`stn_jax.fields.integrate`, or with ``steps=0`` a displacement), the
+  field is resized to the moving image's size if the feature map is coarser
+  (:func:`stn_jax.fields.resize_displacement`, which rescales its pixel values) and
+  :func:`stn_jax.fields.warp` pulls the moving image onto the fixed one. The head's kernel
+  and bias start at zero, so the module starts at the identity.
+
+  Convention:
+    Channels-last ``(N, *S, C)`` images; the field is the library's
+    (:func:`stn_jax.fields.displacement_to_grid`): ``(N, *S, d)``, components ``(x, y[, z])``
+    in pixels of the moving image, pull.
+
+  Args:
+    backbone: any module mapping ``(N, *S, 2 C)`` to ``(N, *s, features)``, ``s`` equal
+      to ``S`` or coarser.
+    features: channels of the backbone's output.
+    spatial_dims: 2 or 3.
+    steps: squarings of the velocity; 0 makes the head predict a displacement directly.
+    kernel: how the moving image is sampled, as in :func:`stn_jax.sample`.
+    padding_mode: as in :func:`stn_jax.sample`; default ``"border"``.
+    align_corners: PyTorch's meaning.
+    rngs: NNX random streams.
+
+  >>> import jax.numpy as jnp
+  >>> rngs = nnx.Rngs(0)
+  >>> reg = Registration(FieldNet(2, rngs=rngs), 32, rngs=rngs)
+  >>> x = jnp.ones((3, 28, 28, 1), jnp.float32)
+  >>> warped, field = reg(x, x)
+  >>> warped.shape, field.shape, float(abs(field).max())
+  ((3, 28, 28, 1), (3, 28, 28, 2), 0.0)
+  """
+
+  def __init__(
+    self,
+    backbone: nnx.Module,
+    features: int,
+    *,
+    spatial_dims: int = 2,
+    steps: int = 7,
+    kernel: "str | kernels_lib.Kernel" = "bilinear",
+    padding_mode: str = "border",
+    align_corners: bool = False,
+    rngs: nnx.Rngs,
+  ):
+    self.options = registration.check_options(
+      spatial_dims, steps, kernel, padding_mode, align_corners
+    )
+    self.backbone = backbone
+    self.head = nnx.Conv(
+      features,
+      spatial_dims,
+      (registration.HEAD_KERNEL,) * spatial_dims,
+      kernel_init=nnx.initializers.zeros_init(),
+      bias_init=nnx.initializers.zeros_init(),
+      rngs=rngs,
+    )
+
+  @classmethod
+  def with_field_net(
+    cls,
+    in_features: int,
+    *,
+    channels: Sequence[int] = (16, 32, 32),
+    spatial_dims: int = 2,
+    steps: int = 7,
+    kernel: "str | kernels_lib.Kernel" = "bilinear",
+    padding_mode: str = "border",
+    align_corners: bool = False,
+    rngs: nnx.Rngs,
+  ) -> "Registration":
+    """A registration module whose backbone is a default :class:`FieldNet`.
+
+    Args:
+      in_features: channels ``C`` of each image (the backbone reads ``2 C``).
+      channels: as in :class:`FieldNet`.
+      spatial_dims: as in :class:`Registration`.
+      steps: as in :class:`Registration`.
+      kernel: as in :class:`Registration`.
+      padding_mode: as in :class:`Registration`.
+      align_corners: as in :class:`Registration`.
+      rngs: NNX random streams.
+
+    Returns:
+      A :class:`Registration` at the identity.
+    """
+    # Check the options before building (and initialising) the backbone.
+    registration.check_options(spatial_dims, steps, kernel, padding_mode, align_corners)
+    backbone = FieldNet(2 * in_features, channels=channels, spatial_dims=spatial_dims, rngs=rngs)
+    return cls(
+      backbone,
+      backbone.features,
+      spatial_dims=spatial_dims,
+      steps=steps,
+      kernel=kernel,
+      padding_mode=padding_mode,
+      align_corners=align_corners,
+      rngs=rngs,
+    )
+
+  def __call__(self, moving: ArrayLike, fixed: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """Registers ``moving`` to ``fixed``.
+
+    Args:
+      moving: ``(N, *S, C)`` image to warp.
+      fixed: ``(N, *S, C)`` target.
+
+    Returns:
+      ``(warped, disp)``: ``warped`` ``(N, *S, C)`` is ``moving`` pulled by ``disp``
+      ``(N, *S, d)`` (pixels, after integration and resizing).
+    """
+    moving, fixed = registration.check_pair(moving, fixed, self.options.spatial_dims)
+    features = self.backbone(jnp.concatenate([moving, fixed], axis=-1))
+    return registration.field_and_warp(self.head(features), moving, self.options)
