@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import scipy.ndimage
-from conftest import assert_close
+from helpers import assert_close
 from jax.test_util import check_grads
 
 import stn_jax

@@ -46,10 +46,8 @@ def _imports(path: pathlib.Path, name: str) -> set[str]:
   return {m for m in found if m in modules and m != name}
 
 
-# Cycles present in code this suite does not own yet: sampling.py calls native.py's
-# kernels and native.py falls back to sampling.py's gather sampler. Moving the gather
-# sampler into its own module breaks it; then delete the entry.
-KNOWN_CYCLES = [["stn_jax._src.sampling", "stn_jax._src.native", "stn_jax._src.sampling"]]
+# None left: sampling.py and native.py both import the gather sampler from gather.py.
+KNOWN_CYCLES: list[list[str]] = []
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TOLERANCES, assert_close
+from helpers import TOLERANCES, assert_close
 from jax.test_util import check_grads
 
 import stn_jax

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from stn_jax._src import batching, dtypes, sampling
+from stn_jax._src import batching, dtypes, gather, native
 from stn_jax._src import kernels as kernels_lib
 
 # Probes along the major axis of an anisotropic footprint (EXT_texture_filter_anisotropic's
@@ -103,9 +103,9 @@ def sample_antialiased(
   >>> sample_antialiased(U, grid)[..., 0]  # the mean over each 4-pixel footprint
   Array([[0.5, 0.5]], dtype=float32)
   """
-  if padding_mode not in sampling.PADDING_MODES:
+  if padding_mode not in gather.PADDING_MODES:
     raise ValueError(
-      f"unknown padding_mode {padding_mode!r}; expected one of {sampling.PADDING_MODES}."
+      f"unknown padding_mode {padding_mode!r}; expected one of {gather.PADDING_MODES}."
     )
   if not (isinstance(max_anisotropy, int | np.integer) and max_anisotropy >= 1):
     raise ValueError(
@@ -128,18 +128,19 @@ def sample_antialiased(
   compute = dtypes.float_dtype(U.dtype, grid.dtype, name="U and grid")
 
   def core(u: jax.Array, g: jax.Array) -> jax.Array:
-    return _sample_one(
+    return sample_one(
       u, g.astype(compute), kernel, padding_mode, align_corners, int(max_anisotropy)
     )
 
   return batching.vmap_leading(core, [U, grid], [nd + 1, nd + 1], ["U", "grid"])
 
 
-def _sample_one(u, g, kernel, padding_mode, align_corners, n_probes):
-  """One example: ``u`` is ``(*spatial, C)``, ``g`` is ``(*out, nd)`` (x first)."""
+def sample_one(u, g, kernel, padding_mode, align_corners, n_probes=MAX_ANISOTROPY):
+  """One example of ``sample(..., antialias=True)``: ``u`` is ``(*spatial, C)``, ``g`` is
+  ``(*out, nd)`` (x first) in the compute dtype; the method is :func:`sample_antialiased`'s."""
   nd = g.shape[-1]
   spatial = u.shape[:nd]
-  plain = sampling.sample(u, g, kernel, padding_mode=padding_mode, align_corners=align_corners)
+  plain = native.sample_one(u, g, kernel, padding_mode, align_corners)
   if any(n == 0 for n in spatial) or g.size == 0:
     return plain
   cdt = g.dtype
@@ -191,7 +192,7 @@ def _sample_one(u, g, kernel, padding_mode, align_corners, n_probes):
       reads.append(_atlas_coords(x, level, layout, padding_mode, align_corners, radius))
   out_shape = g.shape[:-1]
   coords = jnp.stack(reads).reshape((-1,) + out_shape[1:] + (nd,))
-  values = sampling.sample(atlas, coords, kernel, padding_mode="zeros", align_corners=False)
+  values = native.sample_one(atlas, coords, kernel, "zeros", False)
   values = values.reshape((2, n_probes) + out_shape + (u.shape[-1],)).astype(cdt)
   v_lo, v_hi = jnp.mean(values[0], axis=0), jnp.mean(values[1], axis=0)
   filtered = v_lo + frac[..., None] * (v_hi - v_lo)

@@ -106,6 +106,17 @@ def sample_linear(u, g, padding_mode: str, align_corners: bool) -> jax.Array:
 sample_bilinear = sample_linear  # the name sampling.py has called since the 2-D kernels
 
 
+def sample_one(u, g, kernel, padding_mode: str, align_corners: bool) -> jax.Array:
+  """One example: ``u`` is ``(*S, C)``, ``g`` is ``(*So, d)`` in the compute dtype.
+
+  Bilinear float32/float64 images and (trilinear) volumes run the compiled kernels where
+  they are built (the same values and derivatives); everything else the gather sampler.
+  """
+  if kernel == "bilinear" and 0 not in u.shape[:-1] and usable(u, g):
+    return sample_linear(u, g, padding_mode, align_corners)
+  return gather.sample_gather(u, g, kernel, padding_mode, align_corners)
+
+
 def _ndim(g) -> int:
   """Spatial axes of a grid (array or aval): its last dimension."""
   return g.shape[-1]

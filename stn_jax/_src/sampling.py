@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from stn_jax._src import antialias as antialias_lib
 from stn_jax._src import batching, dtypes, gather, grids, native
 from stn_jax._src import kernels as kernels_lib
 
@@ -19,6 +20,7 @@ def sample(
   *,
   padding_mode: str = "zeros",
   align_corners: bool = False,
+  antialias: bool = False,
 ) -> jax.Array:
   r"""Samples ``U`` at the points of ``grid``, like ``torch.nn.functional.grid_sample``.
 
@@ -83,6 +85,12 @@ def sample(
     kernel: ``"nearest"``, ``"bilinear"``, ``"bicubic"`` or a :class:`stn_jax.Kernel`.
     padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"``.
     align_corners: PyTorch's meaning; use the same value as for the grid.
+    antialias: low-pass filter ``U`` to each output point's footprint before reading it,
+      so that a zooming-out grid does not alias (images only). The footprint comes from
+      the grid's own finite differences; the point is read from a mip pyramid of ``U`` at
+      up to 4 probes over the footprint. Where the footprint is at most one input pixel
+      (identity, rotation, zoom-in) the result is exactly that of ``antialias=False``.
+      Differentiable w.r.t. ``U`` and ``grid`` (and so ``theta``), forward and reverse.
 
   Returns:
     ``(..., Ho, Wo, C)`` (volumes: ``(..., Do, Ho, Wo, C)``) array of ``U``'s dtype.
@@ -119,7 +127,18 @@ def sample(
     compute = dtypes.float_dtype(grid.dtype, name="grid")
 
   def core(u: jax.Array, g: jax.Array) -> jax.Array:
-    return _sample_one(u, g.astype(compute), kernel, padding_mode, align_corners)
+    return native.sample_one(u, g.astype(compute), kernel, padding_mode, align_corners)
+
+  if antialias:
+    if ndim != 2 or not image_is_float:
+      raise (TypeError if ndim == 2 else ValueError)(
+        "antialias=True filters images: it needs a float U and a (..., Ho, Wo, 2) grid; got "
+        f"dtype {U.dtype} and grid {grid.shape}. Cast U to float; for volumes use "
+        "antialias=False (antialiased volume sampling is not implemented yet)."
+      )
+
+    def core(u: jax.Array, g: jax.Array) -> jax.Array:
+      return antialias_lib.sample_one(u, g.astype(compute), kernel, padding_mode, align_corners)
 
   return batching.vmap_leading(core, [U, grid], [ndim + 1, ndim + 1], ["U", "grid"])
 
@@ -152,6 +171,7 @@ def warp(
   padding_mode: str = "zeros",
   align_corners: bool = False,
   control_points: ArrayLike | None = None,
+  antialias: bool = False,
 ) -> jax.Array:
   """Warps ``U`` by ``theta``: :func:`make_grid` then :func:`sample`.
 
@@ -173,6 +193,7 @@ def warp(
     padding_mode: as in :func:`stn_jax.sample`.
     align_corners: used for both the grid and the sampling.
     control_points: TPS sources, as in :func:`stn_jax.make_grid`.
+    antialias: as in :func:`stn_jax.sample` (images only).
 
   Returns:
     ``(..., Ho, Wo, C)`` (or ``(..., Do, Ho, Wo, C)``).
@@ -196,23 +217,6 @@ def warp(
   grid = grids.make_grid(
     theta, shape, transform, align_corners=align_corners, control_points=control_points
   )
-  return sample(U, grid, kernel, padding_mode=padding_mode, align_corners=align_corners)
-
-
-def _sample_one(
-  u: jax.Array,
-  g: jax.Array,
-  kernel: "str | kernels_lib.Kernel",
-  padding_mode: str,
-  align_corners: bool,
-) -> jax.Array:
-  """One example: ``u`` is ``(*S, C)``, ``g`` is ``(*So, d)`` in the compute dtype.
-
-  Bilinear float32/float64 images and (trilinear) volumes run the compiled kernels of
-  ``native.py`` where they are built (the same values and derivatives); everything else the
-  gather-based sampler.
-  """
-  spatial = u.shape[:-1]
-  if kernel == "bilinear" and 0 not in spatial and native.usable(u, g):
-    return native.sample_linear(u, g, padding_mode, align_corners)
-  return gather.sample_gather(u, g, kernel, padding_mode, align_corners)
+  return sample(
+    U, grid, kernel, padding_mode=padding_mode, align_corners=align_corners, antialias=antialias
+  )
