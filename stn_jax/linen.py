@@ -125,8 +125,9 @@ class SpatialTransformer(nn.Module):
   control_points: Any = None
 
   def __post_init__(self):
-    # Fail at construction, as the NNX module does, not at the first call.
-    self._checked_options()
+    # Fail at construction, as the NNX module does, not at the first call; the call uses
+    # the options checked here (checking them again at every trace would repeat the work).
+    object.__setattr__(self, "_options", self._checked_options())
     super().__post_init__()
 
   def _checked_options(self) -> modules.Options:
@@ -155,7 +156,7 @@ class SpatialTransformer(nn.Module):
       the sampled image's ``(H', W')`` (volumes: ``(N, Do, Ho, Wo, C')``); ``theta`` is
       ``(N,)`` plus the transform's shape.
     """
-    options = self._checked_options()
+    options = self._options
     features = self.localisation(x)
     modules.check_features(features, None)
     head = nn.Dense(
@@ -233,7 +234,8 @@ class Registration(nn.Module):
   align_corners: bool = False
 
   def __post_init__(self):
-    self._checked_options()  # fail at construction, as the NNX module does
+    # Fail at construction, as the NNX module does; the call uses the checked options.
+    object.__setattr__(self, "_options", self._checked_options())
     super().__post_init__()
 
   def _checked_options(self) -> registration.Options:
@@ -252,7 +254,7 @@ class Registration(nn.Module):
     Returns:
       ``(warped, disp)`` as in :class:`stn_jax.nnx.Registration`.
     """
-    options = self._checked_options()
+    options = self._options
     moving, fixed = registration.check_pair(moving, fixed, options.spatial_dims)
     features = self.backbone(jnp.concatenate([moving, fixed], axis=-1))
     head = nn.Conv(

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from stn_jax._src import batching, dtypes, gather, native
+from stn_jax._src import batching, dtypes, native, validation
 from stn_jax._src import kernels as kernels_lib
 
 # Probes along the major axis of an anisotropic footprint (EXT_texture_filter_anisotropic's
@@ -103,10 +103,7 @@ def sample_antialiased(
   >>> sample_antialiased(U, grid)[..., 0]  # the mean over each 4-pixel footprint
   Array([[0.5, 0.5]], dtype=float32)
   """
-  if padding_mode not in gather.PADDING_MODES:
-    raise ValueError(
-      f"unknown padding_mode {padding_mode!r}; expected one of {gather.PADDING_MODES}."
-    )
+  validation.check_padding_mode(padding_mode)
   if not (isinstance(max_anisotropy, int | np.integer) and max_anisotropy >= 1):
     raise ValueError(
       f"max_anisotropy must be a positive Python int (it fixes the number of probes); "

@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from stn_jax._src import grids
+from stn_jax._src import grids, validation
 from stn_jax._src import kernels as kernels_lib
 
-PADDING_MODES = ("zeros", "border", "reflection")
+PADDING_MODES = validation.PADDING_MODES
 
 # The integer each padding mode is passed to the compiled kernels as (csrc/): one table for
 # both sides of the FFI boundary.

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from stn_jax._src import batching, dtypes
+from stn_jax._src import batching, dtypes, validation
 
-TRANSFORMS = ("affine", "attention", "projective", "tps")
+TRANSFORMS = validation.TRANSFORMS
 
 # Trailing theta shape of each transform for images (2) and volumes (3); TPS: (K, ndim).
 _THETA_TRAILING = {
@@ -400,7 +400,7 @@ def make_grid(
   out_shape = _check_shape(shape, "shape")
   ndim = len(out_shape)
   if control_points is not None and transform != "tps":
-    raise ValueError(f"control_points only applies to transform='tps'; got {transform!r}.")
+    validation.check_control_points_rule(transform, control_points)
   theta = _as_theta(theta, transform, control_points, ndim=ndim)
   base = base_grid(out_shape, align_corners)
 
@@ -440,8 +440,7 @@ def _projective_core(points: jax.Array, h: jax.Array) -> jax.Array:
 
 
 def _check_transform(transform: str) -> None:
-  if transform not in TRANSFORMS:
-    raise ValueError(f"unknown transform {transform!r}; expected one of {TRANSFORMS}.")
+  validation.check_transform(transform)
 
 
 def _check_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from stn_jax._src import grids, sampling
+from stn_jax._src import grids, sampling, validation
 from stn_jax._src import kernels as kernels_lib
 
 # Architecture of the ready-made localisation network, shared so NNX and Linen agree.
@@ -67,8 +67,7 @@ def check_options(
   control_points: ArrayLike | None,
 ) -> Options:
   """Validates the module options once, at construction, and normalises them."""
-  if transform not in grids.TRANSFORMS:
-    raise ValueError(f"unknown transform {transform!r}; expected one of {grids.TRANSFORMS}.")
+  validation.check_transform(transform)
   if output_shape is not None:
     try:
       sizes = tuple(int(s) for s in output_shape)
@@ -83,15 +82,10 @@ def check_options(
       )
     output_shape = sizes
   kernels_lib.resolve(kernel)  # raises on unknown kernels
-  if padding_mode not in sampling.PADDING_MODES:
-    raise ValueError(
-      f"unknown padding_mode {padding_mode!r}; expected one of {sampling.PADDING_MODES}."
-    )
-  if not isinstance(align_corners, bool | np.bool_):
-    raise TypeError(f"align_corners must be a bool; got {type(align_corners).__name__}.")
+  validation.check_padding_mode(padding_mode)
+  align_corners = validation.check_align_corners(align_corners)
+  validation.check_control_points_rule(transform, control_points)
   if control_points is not None:
-    if transform != "tps":
-      raise ValueError(f"control_points only applies to transform='tps'; got {transform!r}.")
     # identity_theta runs the core's checks (shape, distinct, not collinear).
     ndim = None if output_shape is None else len(output_shape)
     grids.identity_theta("tps", ndim=ndim, control_points=control_points)

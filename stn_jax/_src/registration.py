@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from stn_jax._src import fields, sampling
+from stn_jax._src import fields, validation
 from stn_jax._src import kernels as kernels_lib
 
 # The ready-made field network: 3x3 convolutions, the second one strided, so the field is
@@ -45,10 +45,7 @@ def check_options(
       f"steps must be a non-negative int (0: the head predicts a displacement; N > 0: a "
       f"velocity integrated with N squarings); got {steps!r}."
     )
-  if padding_mode not in sampling.PADDING_MODES:
-    raise ValueError(
-      f"unknown padding_mode {padding_mode!r}; expected one of {sampling.PADDING_MODES}."
-    )
+  validation.check_padding_mode(padding_mode)
   return Options(
     spatial_dims, steps, kernels_lib.resolve(kernel), padding_mode, bool(align_corners)
   )

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from stn_jax._src import antialias as antialias_lib
-from stn_jax._src import batching, dtypes, gather, grids, native
+from stn_jax._src import batching, dtypes, gather, grids, native, validation
 from stn_jax._src import kernels as kernels_lib
 
 PADDING_MODES = gather.PADDING_MODES
@@ -106,8 +106,7 @@ def sample(
   >>> sample(volume, points)[..., 0]  # the centre; the centre of the back slice (z = 1)
   Array([[[3.5, 5.5]]], dtype=float32)
   """
-  if padding_mode not in PADDING_MODES:
-    raise ValueError(f"unknown padding_mode {padding_mode!r}; expected one of {PADDING_MODES}.")
+  validation.check_padding_mode(padding_mode)
   kernel = kernels_lib.resolve(kernel)
   U = jnp.asarray(U)
   grid = jnp.asarray(grid)
