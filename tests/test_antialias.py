@@ -107,7 +107,7 @@ def test_float32_identity_is_bitwise(rng):
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
-@pytest.mark.parametrize("factor", [2, 4, 8])
+@pytest.mark.parametrize("factor", [4, 8])  # (2 reads level 0 only: plain bilinear)
 def test_integer_downsampling_of_a_constant_is_exact(align_corners, factor):
   u = jnp.full((32, 48, 2), 0.7)
   g = grid_of(affine(1, 0, 0, 1), (32 // factor, 48 // factor), align_corners)
@@ -185,8 +185,17 @@ def test_theta_gradient_flows_through_the_level(rng):
   assert abs(float(jax.grad(f)(0.93))) > 0
 
 
-@pytest.mark.parametrize("kind", ["isotropic exact tie", "anisotropic", "degenerate", "nan", "inf"])
-@pytest.mark.parametrize("padding_mode", ["zeros", "reflection"])
+@pytest.mark.parametrize(
+  ("kind", "padding_mode"),
+  [
+    ("isotropic exact tie", "zeros"),
+    ("anisotropic", "reflection"),
+    ("degenerate", "zeros"),
+    ("nan", "reflection"),
+    ("inf", "zeros"),
+    ("inf", "reflection"),  # reflection has no position for inf: its own masking
+  ],
+)
 def test_gradients_are_finite(rng, kind, padding_mode):
   u = jnp.asarray(rng.random((12, 12, 2)))
   if kind == "isotropic exact tie":

@@ -122,7 +122,7 @@ def _run(out, precision):
     [sys.executable, "-c", SCRIPT, str(out), precision],
     capture_output=True,
     text=True,
-    timeout=300,
+    timeout=900,
     env=env,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
