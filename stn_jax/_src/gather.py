@@ -226,6 +226,17 @@ def _combine_taps(
   return partial[0].astype(flat_u.dtype)
 
 
+def _weight_tangent(weights, dweights, taps):
+  """d(prod_j w_j[t_j]): the product rule, innermost axis first; None if all zero."""
+  dw = None
+  for k in range(len(weights) - 1, -1, -1):
+    if isinstance(dweights[k][taps[k]], SymbolicZero):
+      continue
+    factors = [dweights[j][t] if j == k else weights[j][t] for j, t in enumerate(taps)]
+    dw = _accumulate(dw, _product(factors))
+  return dw
+
+
 @functools.partial(_combine_taps.defjvp, symbolic_zeros=True)
 def _combine_taps_jvp(spatial, primals, tangents):
   # A tangent linear in (du, dweights), so JAX transposes it for reverse mode. Symbolic
@@ -235,19 +246,7 @@ def _combine_taps_jvp(spatial, primals, tangents):
   du, dweights, _, _ = tangents
   out = _combine_taps(flat_u, weights, index, valid, spatial)
   cdt = weights[0][0].dtype
-  ndim = len(weights)
   taps_list = list(itertools.product(*(range(len(axis)) for axis in weights)))
-
-  def dweight(taps):
-    """d(prod_j w_j[t_j]): the product rule, innermost axis first; None if all zero."""
-    dw = None
-    for k in range(ndim - 1, -1, -1):
-      if isinstance(dweights[k][taps[k]], SymbolicZero):
-        continue
-      factors = [dweights[j][t] if j == k else weights[j][t] for j, t in enumerate(taps)]
-      dw = _accumulate(dw, _product(factors))
-    return dw
-
   has_du = not isinstance(du, SymbolicZero)
   if len(taps_list) > _UNROLL_LIMIT:
     tangent = None
@@ -258,7 +257,7 @@ def _combine_taps_jvp(spatial, primals, tangents):
     if tangent is None:
       return out, jnp.zeros_like(out)
     return out, tangent.astype(out.dtype)
-  dws = [dweight(taps) for taps in taps_list]
+  dws = [_weight_tangent(weights, dweights, taps) for taps in taps_list]
   has_dw = any(dw is not None for dw in dws)
   # Bilinear (4 taps) stacks its taps into one (..., 4, C) gather per tangent term. In
   # reverse mode that is one gather feeding one contraction with the cotangent for the
