@@ -71,8 +71,8 @@ def sample_gather(
   Returns:
     ``(*So, C)`` in ``u``'s dtype.
 
-  >>> u = jnp.arange(8.0).reshape(2, 2, 2, 1)  # a 2x2x2 volume
-  >>> g = jnp.zeros((1, 1, 1, 3))  # its centre
+  >>> u = jnp.arange(8.0, dtype=jnp.float32).reshape(2, 2, 2, 1)  # a 2x2x2 volume
+  >>> g = jnp.zeros((1, 1, 1, 3), jnp.float32)  # its centre
   >>> sample_gather(u, g, "bilinear", "zeros", False)[0, 0, 0]
   Array([3.5], dtype=float32)
   """
