@@ -26,7 +26,8 @@ code in ``gather.PADDING_CODES`` (the C++ constants are checked against it by
 
 The compiled library is optional: without it (or with ``STN_JAX_NATIVE=0`` in the
 environment, read at each trace) :func:`available` is False and ``sample`` uses the
-gather-based sampler everywhere.
+gather-based sampler everywhere. ``STN_JAX_NATIVE_LIBRARY=/path/to/lib.so`` loads another
+build of ``csrc/`` instead of the installed one (``scripts/sanitize.sh``).
 """
 
 import ctypes
@@ -57,11 +58,19 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 @functools.cache
 def _load() -> bool:
-  """Loads the compiled kernels and registers them with XLA; False if not built."""
-  spec = importlib.util.find_spec(_LIBRARY)
-  if spec is None or spec.origin is None:
-    return False
-  library = ctypes.CDLL(spec.origin)
+  """Loads the compiled kernels and registers them with XLA; False if not built.
+
+  ``STN_JAX_NATIVE_LIBRARY``, a path to another build of ``csrc/`` (read once, at the first
+  load), replaces the installed one: ``scripts/sanitize.sh`` loads its AddressSanitizer
+  build this way without touching the package's own.
+  """
+  path = os.environ.get("STN_JAX_NATIVE_LIBRARY")
+  if not path:
+    spec = importlib.util.find_spec(_LIBRARY)
+    if spec is None or spec.origin is None:
+      return False
+    path = spec.origin
+  library = ctypes.CDLL(path)
   for symbol in _TARGETS.values():
     jax.ffi.register_ffi_target(symbol, jax.ffi.pycapsule(getattr(library, symbol)), "cpu")
   return True
