@@ -34,7 +34,9 @@ import functools
 import importlib.util
 import math
 import os
+import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,15 +58,32 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 @functools.cache
-def _load() -> bool:
-  """Loads the compiled kernels and registers them with XLA; False if not built."""
+def _load_result() -> tuple[bool, str]:
+  """Loads the compiled kernels and registers them with XLA: whether that worked, and how."""
   spec = importlib.util.find_spec(_LIBRARY)
   if spec is None or spec.origin is None:
-    return False
-  library = ctypes.CDLL(spec.origin)
-  for symbol in _TARGETS.values():
-    jax.ffi.register_ffi_target(symbol, jax.ffi.pycapsule(getattr(library, symbol)), "cpu")
-  return True
+    return False, (
+      f"the compiled extension {_LIBRARY} is not built (installed without a C++ compiler, "
+      "or a source checkout without `python setup.py build_ext --inplace`); reinstall with "
+      "a C++17 compiler to build it"
+    )
+  try:
+    library = ctypes.CDLL(spec.origin)
+    for symbol in _TARGETS.values():
+      jax.ffi.register_ffi_target(symbol, jax.ffi.pycapsule(getattr(library, symbol)), "cpu")
+  except Exception as error:  # a broken build or a jaxlib it does not fit: fall back, say so
+    reason = (
+      f"the compiled extension {spec.origin} is built but cannot be loaded "
+      f"({type(error).__name__}: {error}); rebuild it against this jax/jaxlib"
+    )
+    warnings.warn(f"stn_jax uses the pure-JAX sampler: {reason}.", RuntimeWarning, stacklevel=2)
+    return False, reason
+  return True, f"the compiled kernels {spec.origin} are loaded"
+
+
+def _load() -> bool:
+  """Loads the compiled kernels and registers them with XLA; False if not built/loadable."""
+  return _load_result()[0]
 
 
 def available() -> bool:
@@ -72,6 +91,71 @@ def available() -> bool:
   if os.environ.get("STN_JAX_NATIVE", "1") == "0":
     return False
   return _load()
+
+
+class NativeStatus(NamedTuple):
+  """Whether the compiled CPU kernels run here (``available``), and why (``reason``)."""
+
+  available: bool
+  reason: str
+
+
+def native_status() -> NativeStatus:
+  """Whether :func:`stn_jax.sample` runs the compiled CPU kernels here, and if not, why.
+
+  ``available`` is True when the compiled extension is built and loads, ``STN_JAX_NATIVE``
+  is not ``0``, the default JAX backend is the CPU, and it is one CPU device. Then
+  ``sample`` runs the kernels for every call they cover: ``kernel="bilinear"`` (trilinear
+  on volumes; with ``antialias=True`` too, for its reads), ``U`` of dtype float32 or
+  float64 with a grid of the same or a narrower float dtype (so the compute dtype is
+  ``U``'s), no empty spatial axis, and fewer than ``2**31`` elements in one example of
+  ``U``. Every other call, and every call when ``available`` is False, runs the pure-JAX
+  sampler: the same values and derivatives (to float round-off), slower on the CPU. The
+  environment variable is read each time a function is traced; the rest once per process.
+
+  Returns:
+    A :class:`stn_jax.NativeStatus` ``(available, reason)``: a bool and a sentence
+    saying why.
+
+  >>> import stn_jax
+  >>> status = stn_jax.native_status()
+  >>> status.available == stn_jax.native_available()
+  True
+  >>> isinstance(status.reason, str)
+  True
+  """
+  if os.environ.get("STN_JAX_NATIVE", "1") == "0":
+    return NativeStatus(False, "switched off: STN_JAX_NATIVE=0 is set in the environment")
+  loaded, reason = _load_result()
+  if not loaded:
+    return NativeStatus(False, reason)
+  backend = jax.default_backend()
+  if backend != "cpu":
+    return NativeStatus(
+      False,
+      f"the default backend is {backend!r}: the kernels are CPU code, so sample runs the "
+      "pure-JAX sampler there (only computations placed on the CPU use the kernels)",
+    )
+  if not _single_cpu_device():
+    return NativeStatus(
+      False,
+      f"JAX has {len(jax.devices('cpu'))} CPU devices: the kernels run on a single CPU "
+      "device only, so that XLA can partition a sharded sample",
+    )
+  return NativeStatus(True, reason)
+
+
+def native_available() -> bool:
+  """Whether :func:`stn_jax.sample` runs the compiled CPU kernels here.
+
+  ``native_status().available``; :func:`stn_jax.native_status` says why not, and which
+  calls the kernels cover.
+
+  >>> import stn_jax
+  >>> isinstance(stn_jax.native_available(), bool)
+  True
+  """
+  return native_status().available
 
 
 def usable(u: jax.Array, g: jax.Array) -> bool:
