@@ -290,13 +290,43 @@ def _define(name: str, shape_rule, reference, linear: tuple[int, ...]) -> Primit
 
 
 def _batch(p: Primitive, args, dims, **params):
-  """vmap: every argument gets the batch axis in front (unbatched ones broadcast)."""
+  """vmap: every argument gets the batch axis in front (unbatched ones broadcast), except
+  an unbatched image ``U``, which is never copied: see :func:`_batch_shared_image`."""
+  if p is not u_vjp_p and dims[0] is None:
+    return _batch_shared_image(p, args, dims, **params)
   size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
   moved = [
     jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
     for a, d in zip(args, dims, strict=True)
   ]
   return p.bind(*moved, **params), 0
+
+
+def _batch_shared_image(p: Primitive, args, dims, **params):
+  """vmap with one image ``U`` (the first argument of ``fwd``, ``grid_jvp``, ``grid_vjp``)
+  and batched per-point arrays (grid, its tangent, the output's cotangent): the batch is
+  folded into the first spatial axis of the points, ``(B, N..., So_1, ...)`` ->
+  ``(N..., B * So_1, ...)``, so that one call reads the one ``U`` at all ``B`` grids'
+  points, and the output is unfolded. Broadcasting ``U`` instead would copy it ``B`` times
+  (``vmap`` over many grids of one image). ``U``'s cotangent needs nothing here: the
+  transpose of the folded ``fwd`` is one ``u_vjp`` over all the points, which sums the
+  ``B`` grids' contributions into the one ``dU``.
+  """
+  u, points = args[0], args[1:]
+  size = next(a.shape[d] for a, d in zip(points, dims[1:], strict=True) if d is not None)
+  moved = [
+    jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
+    for a, d in zip(points, dims[1:], strict=True)
+  ]
+  k = u.ndim - _ndim(moved[0]) - 1  # leading dims that U and the points share
+  first = moved[0].shape[k + 1]  # the points' first spatial axis, So_1
+
+  def fold(a):
+    a = jnp.moveaxis(a, 0, k)  # (N..., B, So_1, ..., last): free when k == 0
+    return a.reshape(a.shape[:k] + (size * first,) + a.shape[k + 2 :])
+
+  out = p.bind(u, *map(fold, moved), **params)
+  return out.reshape(out.shape[:k] + (size, first) + out.shape[k + 1 :]), k
 
 
 fwd_p = _define("fwd", _shape_fwd, _ref_fwd, linear=(0,))
