@@ -66,3 +66,24 @@ def test_ready_steps_are_counted_without_waiting():
     o.ready = True
     finished.dispatched(o)
   assert bar.n == 3 and not any(o.waited for o in outputs)
+
+
+def test_train_loop_counts_every_step_once():
+  # The wiring: a short real run ends with the bar at the last step, each counted once
+  # (a logging step every 2 drains the window in between).
+  config = train.Config(task="r", model="cnn", steps=100, batch_size=8, log_every=2)
+  data = train.load_data(config, test=False)
+
+  class Recorder:
+    n = 0
+
+    def update(self, k):
+      self.n += k
+
+    def set_postfix(self, **_):
+      pass
+
+  bar = Recorder()
+  state = train.create_train_state(config)
+  state, _ = train.train_loop(state, config, data, end=5, mngr=None, log=train.TrainLog(), bar=bar)
+  assert bar.n == 5 == int(state.step)
