@@ -26,7 +26,11 @@ code in ``gather.PADDING_CODES`` (the C++ constants are checked against it by
 
 The compiled library is optional: without it (or with ``STN_JAX_NATIVE=0`` in the
 environment, read at each trace) :func:`available` is False and ``sample`` uses the
-gather-based sampler everywhere.
+gather-based sampler everywhere. :func:`native_status` (public as
+``stn_jax.native_status``) says which path runs and why.
+
+``vmap`` with an unbatched image and batched grids folds the grids' batch into the
+points (:func:`_batch_shared_image`), so one image is never copied per grid.
 """
 
 import ctypes
