@@ -68,6 +68,11 @@ def sample(
   raise a ``TypeError`` saying to cast. An image with ``H == 0`` or ``W == 0`` (a volume
   with any spatial size 0) samples 0.
 
+  Which path runs: bilinear (trilinear) sampling of a float32/float64 ``U`` (with a grid
+  of no wider dtype) runs compiled C++ kernels on the CPU where they are built; every
+  other call, and every call on a GPU/TPU, the pure-JAX sampler, with the same values and
+  derivatives. :func:`stn_jax.native_status` says whether the kernels run here, and why not.
+
   Convention:
     ``U`` is ``(..., H, W, C)`` (channels-last). ``grid[..., 0]`` is x (along ``W``),
     ``grid[..., 1]`` is y (along ``H``), normalised so that ``[-1, 1]`` spans ``U``
