@@ -87,14 +87,7 @@ def usable(u: jax.Array, g: jax.Array) -> bool:
   if d not in gather.SPATIAL_NDIMS or u.ndim < d + 1 or g.ndim < d + 1:
     return False
   small = math.prod(u.shape[-(d + 1) :]) < 2**31
-  return (
-    u.dtype == g.dtype
-    and u.dtype in _DTYPES
-    and small
-    and available()
-    and _partitionable_ready()
-    and _partitionable_ready()
-  )
+  return u.dtype == g.dtype and u.dtype in _DTYPES and small and available()
 
 
 @functools.cache
@@ -115,6 +108,7 @@ def _partitionable_ready() -> bool:
 def sample_linear(u, g, padding_mode: str, align_corners: bool) -> jax.Array:
   """``V`` for ``u`` ``(..., H, W, C)`` and ``g`` ``(..., Ho, Wo, 2)`` (bilinear), or ``u``
   ``(..., D, H, W, C)`` and ``g`` ``(..., Do, Ho, Wo, 3)`` (trilinear), of one dtype."""
+  _partitionable_ready()
   return fwd_p.bind(u, g, padding_mode=padding_mode, align_corners=align_corners)
 
 
