@@ -65,7 +65,13 @@ def _factors(role: str, call: KernelCall) -> list[str]:
 
 def sharding_rule(call: KernelCall, mesh, value_types, result_types):
   """Shardy's rule: ``b0 .. s0 s1 c, b0 .. o0 o1 k -> b0 .. o0 o1 c`` for ``fwd`` in 2-D;
-  every factor but the leading ``b*`` needs replication."""
+  every factor but the leading ``b*`` needs replication.
+
+  >>> call = KernelCall("StnBilinearFwd", ROLES["fwd"], 2, 1, (6, 5, 3), "float32", ())
+  >>> rule, special = sharding_rule(call, None, None, None)
+  >>> rule, special["need_replication_factors"]
+  ('b0 s0 s1 c, b0 o0 o1 k -> b0 o0 o1 c', ('s0', 's1', 'c', 'o0', 'o1', 'k'))
+  """
   del mesh, value_types, result_types
   operands, result = call.roles
   ins = ", ".join(" ".join(_factors(r, call)) for r in operands)
