@@ -15,9 +15,11 @@ set here before jax is imported):
 * ``4 devices, pure JAX``: the batch sharded, ``STN_JAX_NATIVE=0`` (what a sharded run
   got before the kernels could be partitioned).
 
-Passes: ``fwd`` (``V = sample(U, grid)``) and ``fwd+bwd`` (the gradients of ``sum(V ** 2)``
-w.r.t. ``U`` and ``grid``). Rounds run every variant once, round-robin with a rotating
-start; reported: the median wall time and its ratio to the single-device kernels.
+Passes: ``fwd`` (``V = sample(U, grid)``), ``fwd+bwd`` (the gradients of ``sum(V ** 2)``
+w.r.t. ``U`` and ``grid``) and ``copy`` (``U + 1``: what one step on these devices costs
+at least, launch and synchronisation included). Rounds run every variant once,
+round-robin with a rotating start; reported: the median wall time and its ratio to the
+single-device kernels.
 The 4 simulated devices share the process's cores (``--threads``), so this measures the
 partitioning's overhead, not a speed-up.
 """
@@ -70,7 +72,11 @@ def _compiled(pass_name, args, native: bool):
   """The pass compiled for these (placed) arguments; the kernels switched by ``native``."""
   os.environ["STN_JAX_NATIVE"] = "1" if native else "0"
   jax.clear_caches()  # traces are cached by function, not by STN_JAX_NATIVE
-  f = stn_jax.sample if pass_name == "fwd" else jax.grad(_loss, argnums=(0, 1))
+  f = {
+    "fwd": stn_jax.sample,
+    "fwd+bwd": jax.grad(_loss, argnums=(0, 1)),
+    "copy": lambda u, g: u + 1,  # the runtime's floor for one step on these devices
+  }[pass_name]
   compiled = jax.jit(f).lower(*args).compile()
   os.environ.pop("STN_JAX_NATIVE")
   return lambda: jax.block_until_ready(compiled(*args))
@@ -106,14 +112,15 @@ def main(args) -> None:
     U, grid = _inputs(shape)
     one = (jax.device_put(U, jax.devices()[0]), jax.device_put(grid, jax.devices()[0]))
     four = (jax.device_put(U, batch), jax.device_put(grid, batch))
-    for pass_name in ("fwd", "fwd+bwd"):
+    for pass_name in ("fwd", "fwd+bwd", "copy"):
       runners = {
         "1 device": _compiled(pass_name, one, native=True),
         "4 devices": _compiled(pass_name, four, native=True),
-        "4 devices, pure JAX": _compiled(pass_name, four, native=False),
       }
+      if pass_name != "copy":
+        runners["4 devices, pure JAX"] = _compiled(pass_name, four, native=False)
       med = _time(runners, args.repeats)
-      cells = " | ".join(f"{1e3 * med[v]:.2f}" for v in VARIANTS)
+      cells = " | ".join(f"{1e3 * med[v]:.2f}" if v in med else "" for v in VARIANTS)
       ratio = med["4 devices"] / med["1 device"]
       lines.append(f"| {name} {shape} | {pass_name} | {cells} | {ratio:.2f} |")
       print(lines[-1], flush=True)
