@@ -16,7 +16,9 @@ no sharding that a trace-time ``shard_map`` could read. On one device, and in a 
 manual ``shard_map`` body, the wrapper lowers straight to the FFI call.
 
 Spatial or channel sharding is gathered (the rule asks for it replicated) and the kernels
-then run on the whole of those axes; only the leading dimensions are split.
+then run on the whole of those axes; only the leading dimensions are split. Shardings that
+name no mesh (a bare ``GSPMDSharding``) cannot be read back into a batch spec: the call
+then runs replicated, after a gather (correct, not fast).
 """
 
 import dataclasses
