@@ -50,7 +50,7 @@ from jax._src import dispatch
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from stn_jax._src import gather
+from stn_jax._src import gather, partitioning
 
 _LIBRARY = "stn_jax._bilinear_cpu"
 _TARGETS = {
@@ -173,19 +173,17 @@ def native_available() -> bool:
 def usable(u: jax.Array, g: jax.Array) -> bool:
   """Whether the kernels take these per-example arrays: one float32/float64 dtype, an image
   ``(H, W, C)`` with a grid ``(..., 2)`` or a volume ``(D, H, W, C)`` with a grid ``(..., 3)``
-  of fewer than 2**31 elements (the kernels index it with int32), and a single CPU device.
+  of fewer than 2**31 elements (the kernels index it with int32).
 
   With several CPU devices (``--xla_force_host_platform_device_count``, multi-process CPU
-  runs) the pure-JAX sampler is used: XLA's partitioner cannot split an FFI call, so a
-  batch-sharded ``sample`` would be gathered onto every device.
+  runs) the kernels run too: :mod:`partitioning` splits a batch-sharded call over its
+  leading dims, so each device runs the kernel on its shard (spatial sharding is gathered).
   """
   d = g.shape[-1] if g.ndim else 0
   if d not in gather.SPATIAL_NDIMS or u.ndim < d + 1 or g.ndim < d + 1:
     return False
   small = math.prod(u.shape[-(d + 1) :]) < 2**31
-  return (
-    u.dtype == g.dtype and u.dtype in _DTYPES and small and available() and _single_cpu_device()
-  )
+  return u.dtype == g.dtype and u.dtype in _DTYPES and small and available()
 
 
 @functools.cache
@@ -193,9 +191,20 @@ def _single_cpu_device() -> bool:
   return len(jax.devices("cpu")) == 1
 
 
+@functools.cache
+def _partitionable_ready() -> bool:
+  """With several CPU devices, marks the primitives as needing the device assignment when
+  lowered (``custom_partitioning`` does), so that :func:`_partitionable` can split them.
+  Done on first use, not at import, so one-device programs keep lowering without devices."""
+  if not _single_cpu_device():
+    dispatch.prim_requires_devices_during_lowering.update(_PRIMITIVES)
+  return True
+
+
 def sample_linear(u, g, padding_mode: str, align_corners: bool) -> jax.Array:
   """``V`` for ``u`` ``(..., H, W, C)`` and ``g`` ``(..., Ho, Wo, 2)`` (bilinear), or ``u``
   ``(..., D, H, W, C)`` and ``g`` ``(..., Do, Ho, Wo, 3)`` (trilinear), of one dtype."""
+  _partitionable_ready()
   return fwd_p.bind(u, g, padding_mode=padding_mode, align_corners=align_corners)
 
 
@@ -261,21 +270,25 @@ def _ref_grid_vjp(u, g, ct, *, padding_mode, align_corners):
 # The primitives.
 
 
+# ``partitioning.result_aval`` types each result like its operands (sharding of the leading
+# dims in explicit-sharding mode, varying manual axes inside ``shard_map``).
+
+
 def _shape_fwd(u, g, **_):
-  return jax.core.ShapedArray(g.shape[:-1] + u.shape[-1:], u.dtype)
+  return partitioning.result_aval((u, g), g.shape[:-1] + u.shape[-1:], u.dtype)
 
 
 def _shape_u_vjp(ct, g, *, size, **_):
   lead = ct.shape[: -(_ndim(g) + 1)]
-  return jax.core.ShapedArray(lead + tuple(size) + ct.shape[-1:], ct.dtype)
+  return partitioning.result_aval((ct, g), lead + tuple(size) + ct.shape[-1:], ct.dtype)
 
 
 def _shape_grid_jvp(u, g, dg, **_):
-  return jax.core.ShapedArray(g.shape[:-1] + u.shape[-1:], u.dtype)
+  return partitioning.result_aval((u, g, dg), g.shape[:-1] + u.shape[-1:], u.dtype)
 
 
 def _shape_grid_vjp(u, g, ct, **_):
-  return jax.core.ShapedArray(g.shape, g.dtype)
+  return partitioning.result_aval((u, g, ct), g.shape, g.dtype)
 
 
 def _define(name: str, shape_rule, reference, linear: tuple[int, ...]) -> Primitive:
@@ -291,7 +304,10 @@ def _define(name: str, shape_rule, reference, linear: tuple[int, ...]) -> Primit
       return fallback(ctx, *args, padding_mode=padding_mode, align_corners=align_corners, **params)
     padding = np.int32(gather.PADDING_CODES[padding_mode])
     limit = np.float64(gather.COORD_LIMIT)
-    return target(ctx, *args, padding=padding, align_corners=bool(align_corners), coord_limit=limit)
+    attributes = dict(padding=padding, align_corners=bool(align_corners), coord_limit=limit)
+    if not _single_cpu_device():
+      return _partitionable(name, ctx, args, attributes)
+    return target(ctx, *args, **attributes)
 
   mlir.register_lowering(p, cpu_lowering, platform="cpu")
   mlir.register_lowering(p, fallback)
@@ -299,6 +315,18 @@ def _define(name: str, shape_rule, reference, linear: tuple[int, ...]) -> Primit
   p.reference = reference
   p.linear = linear
   return p
+
+
+def _partitionable(name: str, ctx, args, attributes):
+  """The kernel call on several CPU devices: split over the leading (batch) dims by
+  :mod:`partitioning`'s rule, so a batch-sharded call runs the kernel on each shard."""
+  (result,) = ctx.avals_out
+
+  def call(*arrays):
+    shape = jax.ShapeDtypeStruct(result.shape, result.dtype)
+    return partitioning.kernel_call(_TARGETS[name], name, arrays, shape, **attributes)
+
+  return mlir.lower_fun(call, multiple_results=False)(ctx, *args)
 
 
 def _batch(p: Primitive, args, dims, **params):
@@ -345,6 +373,7 @@ fwd_p = _define("fwd", _shape_fwd, _ref_fwd, linear=(0,))
 u_vjp_p = _define("u_vjp", _shape_u_vjp, _ref_u_vjp, linear=(0,))
 grid_jvp_p = _define("grid_jvp", _shape_grid_jvp, _ref_grid_jvp, linear=(0, 2))
 grid_vjp_p = _define("grid_vjp", _shape_grid_vjp, _ref_grid_vjp, linear=(0, 2))
+_PRIMITIVES = (fwd_p, u_vjp_p, grid_jvp_p, grid_vjp_p)
 
 
 def _add(a, b):
