@@ -116,7 +116,9 @@ def native_status() -> NativeStatus:
   """Whether :func:`stn_jax.sample` runs the compiled CPU kernels here, and if not, why.
 
   ``available`` is True when the compiled extension is built and loads, ``STN_JAX_NATIVE``
-  is not ``0``, the default JAX backend is the CPU, and it is one CPU device. Then
+  is not ``0`` and the default JAX backend is the CPU (one device, or several: a
+  batch-sharded call runs the kernels on each shard, a spatially sharded one is gathered
+  first). Then
   ``sample`` runs the kernels for every call they cover: ``kernel="bilinear"`` (trilinear
   on volumes; with ``antialias=True`` too, for its reads), ``U`` of dtype float32 or
   float64 with a grid of the same or a narrower float dtype (so the compute dtype is
@@ -147,12 +149,6 @@ def native_status() -> NativeStatus:
       False,
       f"the default backend is {backend!r}: the kernels are CPU code, so sample runs the "
       "pure-JAX sampler there (only computations placed on the CPU use the kernels)",
-    )
-  if not _single_cpu_device():
-    return NativeStatus(
-      False,
-      f"JAX has {len(jax.devices('cpu'))} CPU devices: the kernels run on a single CPU "
-      "device only, so that XLA can partition a sharded sample",
     )
   return NativeStatus(True, reason)
 
