@@ -21,7 +21,8 @@ measured at initialisation (the same parameters for ST-CNN with and without anti
 option changes only the sampler) and at the end of training (each run's own parameters).
 
 Writes ``OUT/antialias_stcnn.json`` and ``OUT/antialias_stcnn.md``; each run trains in
-``OUT/runs/<model>/seed<k>/`` (a finished run is skipped on a rerun).
+``OUT/runs/<model>/seed<k>/`` (a finished run is skipped on a rerun); ``--report`` only
+tabulates the finished runs.
 """
 
 import os
@@ -101,7 +102,8 @@ def run_one(name: str, seed: int, args, data: dict) -> dict:
     init_model = train.create_model(config)
     result["noise_init"] = noise_stats(head_gradients(init_model, config, data, args.batches))
   tick = time.perf_counter()
-  metrics = train.train_and_evaluate(config, workdir, progress=False, data=data)
+  # resume: a run interrupted part-way continues from its last checkpoint.
+  metrics = train.train_and_evaluate(config, workdir, resume=True, progress=False, data=data)
   result["train_seconds"] = time.perf_counter() - tick
   result["steps_per_second"] = metrics["steps_per_second"]
   result["test_error"] = metrics["test_error"]
@@ -138,6 +140,8 @@ def table(results: list[dict], args) -> str:
   lines.append("|---|---|---|---|")
   for name in MODELS:
     rs = [r for r in results if r["model"] == name]
+    if not rs:
+      continue
     err = np.mean([r["test_error"] for r in rs])
     ni = [r["noise_init"]["ratio"] for r in rs if "noise_init" in r]
     nf = [r["noise_final"]["ratio"] for r in rs if "noise_final" in r]
@@ -154,13 +158,24 @@ def main() -> None:
   parser.add_argument("--seeds", type=int, default=2)
   parser.add_argument("--batches", type=int, default=32)
   parser.add_argument("--st-output", type=int, default=14)
+  parser.add_argument(
+    "--report", action="store_true", help="only tabulate the runs already finished in OUT"
+  )
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
-  data = train.load_data(train.Config(task="rts"), test=True)
   results = []
-  for seed in range(args.seeds):
-    for name in MODELS:
-      results.append(run_one(name, seed, args, data))
+  if args.report:
+    for seed in range(args.seeds):
+      for name in MODELS:
+        path = os.path.join(args.out, "runs", name, f"seed{seed}", "result.json")
+        if os.path.exists(path):
+          with open(path) as f:
+            results.append(json.load(f))
+  else:
+    data = train.load_data(train.Config(task="rts"), test=True)
+    for seed in range(args.seeds):
+      for name in MODELS:
+        results.append(run_one(name, seed, args, data))
   with open(os.path.join(args.out, "antialias_stcnn.json"), "w") as f:
     json.dump({"args": vars(args), "results": results}, f, indent=2)
   with open(os.path.join(args.out, "antialias_stcnn.md"), "w") as f:
