@@ -159,9 +159,16 @@ def main() -> None:
   parser.add_argument("--batches", type=int, default=32)
   parser.add_argument("--st-output", type=int, default=14)
   parser.add_argument(
+    "--only",
+    default=None,
+    help="comma-separated model:seed runs to do (e.g. st-cnn:1), to split the grid over "
+    "processes; the table then holds the runs finished in OUT",
+  )
+  parser.add_argument(
     "--report", action="store_true", help="only tabulate the runs already finished in OUT"
   )
   args = parser.parse_args()
+  only = None if args.only is None else set(args.only.split(","))
   os.makedirs(args.out, exist_ok=True)
   results = []
   if args.report:
@@ -175,7 +182,8 @@ def main() -> None:
     data = train.load_data(train.Config(task="rts"), test=True)
     for seed in range(args.seeds):
       for name in MODELS:
-        results.append(run_one(name, seed, args, data))
+        if only is None or f"{name}:{seed}" in only:
+          results.append(run_one(name, seed, args, data))
   with open(os.path.join(args.out, "antialias_stcnn.json"), "w") as f:
     json.dump({"args": vars(args), "results": results}, f, indent=2)
   with open(os.path.join(args.out, "antialias_stcnn.md"), "w") as f:

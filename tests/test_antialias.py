@@ -383,11 +383,16 @@ def test_volume_check_grads(rng):
   check_grads(f, (u, g), order=1, modes=("fwd", "rev"), eps=1e-6, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["degenerate", "nan"])
+@pytest.mark.parametrize("kind", ["degenerate", "nan", "long in depth only"])
 def test_volume_gradients_are_finite(rng, kind):
   u = jnp.asarray(rng.random((8, 8, 8, 1)))
   if kind == "degenerate":
     g = jnp.full((3, 3, 3, 3), 0.2)
+  elif kind == "long in depth only":
+    # 4x along depth, zoom-in across it: the shortest axis does not bound the width.
+    g = stn_jax.make_grid(
+      jnp.asarray(affine3((0.9, 0.8, 1.0), (0.01, 0.02, 0.0), 0.1)), (2, 16, 16)
+    )
   else:
     g = stn_jax.make_grid(jnp.asarray(affine3()), (3, 3, 3)).at[1, 1, 2, 0].set(jnp.nan)
 

@@ -135,7 +135,11 @@ def _footprint_probes(rho2_sorted, columns, n_probes):
   """
   rho2_max, rho2_minor = rho2_sorted[..., 0], rho2_sorted[..., 1]
   major_vec, minor_vec = columns[..., 0], columns[..., 1]
-  rest = jnp.max(rho2_sorted[..., 2:], axis=-1, initial=1.0)
+  # Elementwise maxima, not jnp.max(..., initial=1): that reduction's forward-mode rule
+  # divides by the count of maximal entries, 0 where the initial value wins (NaN tangents).
+  rest = jnp.ones_like(rho2_max)
+  for k in range(2, rho2_sorted.shape[-1]):
+    rest = jnp.maximum(rest, rho2_sorted[..., k])
   best = None
   for n1, n2 in _patterns(n_probes):
     w2 = jnp.maximum(jnp.maximum(rho2_max / n1**2, rho2_minor / n2**2), rest)
