@@ -121,7 +121,7 @@ def table(results: list[dict], args) -> str:
     f"RTS (42x42 in), transformer view {args.st_output}x{args.st_output}, {args.steps} steps, "
     f"batch 128, 1 thread, {platform.processor() or platform.machine()}. Test error over 3000 "
     f"images; gradient noise of the theta head over {args.batches} minibatches "
-    "(std g / |E g|; lower is cleaner).",
+    "(std g / norm of E g, with both; lower is cleaner). steps/s: wall clock.",
     "",
     "| model | seed | test error | steps/s | noise at init | noise at end |",
     "|---|---|---|---|---|---|",
@@ -129,7 +129,7 @@ def table(results: list[dict], args) -> str:
 
   def fmt(r, key):
     s = r.get(key)
-    return "-" if s is None else f"{s['ratio']:.2f} (|E g| {s['mean_norm']:.2e})"
+    return "-" if s is None else f"{s['ratio']:.2f} (std {s['std']:.3g}, mean {s['mean_norm']:.3g})"
 
   for r in results:
     lines.append(
