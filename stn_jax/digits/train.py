@@ -101,6 +101,9 @@ class Config:
     task: a :data:`stn_jax.digits.datasets.TASKS` distortion.
     model: one of :data:`MODELS` (``"cnn"``, ``"st-cnn"``, ``"fcn"``, ``"st-fcn"``).
     transform: the transformer's family (``"st-"`` models only).
+    st_output: side of the square view the transformer samples (``"st-"`` models only);
+      the paper's 28. Smaller makes the transformer zoom out.
+    antialias: the transformer samples with ``antialias=True`` (``"st-"`` models only).
     steps: optimisation steps.
     batch_size: examples per step.
     lr: peak learning rate; ``None`` takes :data:`DEFAULT_LR` for the model.
@@ -120,6 +123,8 @@ class Config:
   task: str = "rts"
   model: str = "st-cnn"
   transform: str = "affine"
+  st_output: int = 28
+  antialias: bool = False
   steps: int = 2000
   batch_size: int = 128
   lr: float | None = None
@@ -140,11 +145,14 @@ class Config:
 
     for name, allowed in (("task", datasets.TASKS), ("model", MODELS), ("transform", TRANSFORMS)):
       check(getattr(self, name) in allowed, f"{name} must be one of {allowed}", getattr(self, name))
-    for name in ("steps", "batch_size", "test_copies", "checkpoint_every", "log_every"):
+    positive = ("st_output", "steps", "batch_size", "test_copies", "checkpoint_every", "log_every")
+    for name in positive:
       check(getattr(self, name) >= 1, f"{name} must be >= 1", getattr(self, name))
     check(self.warmup_steps >= 0, "warmup_steps must be >= 0", self.warmup_steps)
     check(self.lr is None or self.lr > 0, "lr must be > 0", self.lr)
     check(self.loc_lr_scale > 0, "loc_lr_scale must be > 0", self.loc_lr_scale)
+    st = self.model.startswith("st-")
+    check(st or not self.antialias, "antialias needs an 'st-' model", self.model)
 
   @property
   def peak_lr(self) -> float:
@@ -158,7 +166,12 @@ def create_model(config: Config) -> Classifier:
   """The classifier for ``config``, initialised from ``config.seed``."""
   shape = datasets.IMAGE_SHAPES[config.task]
   return Classifier(
-    shape, model=config.model, transform=config.transform, rngs=nnx.Rngs(config.seed)
+    shape,
+    model=config.model,
+    transform=config.transform,
+    st_output_shape=(config.st_output, config.st_output),
+    antialias=config.antialias,
+    rngs=nnx.Rngs(config.seed),
   )
 
 
