@@ -101,6 +101,9 @@ struct Shape {
   int dims = 0;
   int64_t spatial[3] = {0, 0, 0};
   int64_t last = 0;
+  // U's shape only: the grid holds pixel coordinates (attribute `pixels`), not normalised
+  // ones. Carried here so that every pass's geometry sees it without another parameter.
+  bool pixels = false;
 
   int64_t Points() const {
     int64_t n = 1;
@@ -287,13 +290,14 @@ void FillZero(ffi::AnyBuffer buffer) {
 
 ffi::Error Fwd(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
                ffi::Result<ffi::AnyBuffer> out, int32_t padding, bool align_corners,
-               double coord_limit) {
+               bool pixels, double coord_limit) {
   int dims;
   Shape us, gs, os;
   STN_RETURN_IF_ERROR(CheckPadding(padding));
   STN_RETURN_IF_ERROR(CheckLimit(coord_limit));
   STN_RETURN_IF_ERROR(GridDims(grid, dims));
   STN_RETURN_IF_ERROR(ReadShape(u, dims, "U", us));
+  us.pixels = pixels;
   STN_RETURN_IF_ERROR(ReadShape(grid, dims, "grid", gs));
   STN_RETURN_IF_ERROR(ReadShape(*out, dims, "output", os));
   STN_RETURN_IF_ERROR(CheckCommon(us, gs, os, us.last));
@@ -315,13 +319,14 @@ ffi::Error Fwd(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
 
 ffi::Error GridJvp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
                    ffi::AnyBuffer dgrid, ffi::Result<ffi::AnyBuffer> out, int32_t padding,
-                   bool align_corners, double coord_limit) {
+                   bool align_corners, bool pixels, double coord_limit) {
   int dims;
   Shape us, gs, ds, os;
   STN_RETURN_IF_ERROR(CheckPadding(padding));
   STN_RETURN_IF_ERROR(CheckLimit(coord_limit));
   STN_RETURN_IF_ERROR(GridDims(grid, dims));
   STN_RETURN_IF_ERROR(ReadShape(u, dims, "U", us));
+  us.pixels = pixels;
   STN_RETURN_IF_ERROR(ReadShape(grid, dims, "grid", gs));
   STN_RETURN_IF_ERROR(ReadShape(dgrid, dims, "grid tangent", ds));
   STN_RETURN_IF_ERROR(ReadShape(*out, dims, "output", os));
@@ -346,13 +351,14 @@ ffi::Error GridJvp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
 
 ffi::Error GridVjp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid, ffi::AnyBuffer ct,
                    ffi::Result<ffi::AnyBuffer> dgrid, int32_t padding, bool align_corners,
-                   double coord_limit) {
+                   bool pixels, double coord_limit) {
   int dims;
   Shape us, gs, cs, ds;
   STN_RETURN_IF_ERROR(CheckPadding(padding));
   STN_RETURN_IF_ERROR(CheckLimit(coord_limit));
   STN_RETURN_IF_ERROR(GridDims(grid, dims));
   STN_RETURN_IF_ERROR(ReadShape(u, dims, "U", us));
+  us.pixels = pixels;
   STN_RETURN_IF_ERROR(ReadShape(grid, dims, "grid", gs));
   STN_RETURN_IF_ERROR(ReadShape(ct, dims, "cotangent", cs));
   STN_RETURN_IF_ERROR(ReadShape(*dgrid, dims, "grid cotangent", ds));
@@ -377,7 +383,7 @@ ffi::Error GridVjp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid, 
 
 ffi::Error UVjp(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer grid,
                 ffi::Result<ffi::AnyBuffer> du, int32_t padding, bool align_corners,
-                double coord_limit) {
+                bool pixels, double coord_limit) {
   int dims;
   Shape cs, gs, us;
   STN_RETURN_IF_ERROR(CheckPadding(padding));
@@ -386,6 +392,7 @@ ffi::Error UVjp(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer grid,
   STN_RETURN_IF_ERROR(ReadShape(ct, dims, "cotangent", cs));
   STN_RETURN_IF_ERROR(ReadShape(grid, dims, "grid", gs));
   STN_RETURN_IF_ERROR(ReadShape(*du, dims, "U cotangent", us));
+  us.pixels = pixels;
   STN_RETURN_IF_ERROR(CheckCommon(us, gs, cs, us.last));
   STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), grid.element_type()));
   STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), du->element_type()));
@@ -410,6 +417,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearFwd, Fwd,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int32_t>("padding")
                                   .Attr<bool>("align_corners")
+                                  .Attr<bool>("pixels")
                                   .Attr<double>("coord_limit"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearGridJvp, GridJvp,
@@ -421,6 +429,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearGridJvp, GridJvp,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int32_t>("padding")
                                   .Attr<bool>("align_corners")
+                                  .Attr<bool>("pixels")
                                   .Attr<double>("coord_limit"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearGridVjp, GridVjp,
@@ -432,6 +441,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearGridVjp, GridVjp,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int32_t>("padding")
                                   .Attr<bool>("align_corners")
+                                  .Attr<bool>("pixels")
                                   .Attr<double>("coord_limit"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearUVjp, UVjp,
@@ -442,4 +452,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearUVjp, UVjp,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int32_t>("padding")
                                   .Attr<bool>("align_corners")
+                                  .Attr<bool>("pixels")
                                   .Attr<double>("coord_limit"));

@@ -101,31 +101,62 @@ def test_warp_matches_scipy_bilinear_border(align_corners, rng):
   assert_close(out, bilinear_oracle(U, disp), "warp vs scipy map_coordinates", atol=1e-12)
   grid = J.displacement_to_grid(disp, align_corners=align_corners)
   same = stn_jax.sample(U, grid, padding_mode="border", align_corners=align_corners)
-  assert_close(out, same, "warp vs sample(displacement_to_grid)", atol=0, rtol=0)
+  # warp reads p + disp(p) in pixels; sample the normalised grid: equal to round-off.
+  assert_close(out, same, "warp vs sample(displacement_to_grid)", atol=1e-12)
 
 
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("kernel", ["nearest", "bilinear", "bicubic"])
+def test_warp_reads_pixels_as_sample_reads_the_grid(kernel, align_corners, padding_mode, rng):
+  # The pixel-coordinate entry (no normalisation) against sample on the normalised grid,
+  # float64, for every padding (reflection's mirrors depend on align_corners) and kernel,
+  # with the gradients w.r.t. the image and the field. Points reach well outside.
+  U = rng.normal(size=(2, 7, 9, 2))
+  disp = rng.normal(scale=4.0, size=(2, 7, 9, 2))
+  kw = dict(padding_mode=padding_mode, align_corners=align_corners)
+
+  def via_warp(U, disp):
+    return jnp.sum(J.warp(U, disp, kernel, **kw) ** 2)
+
+  def via_grid(U, disp):
+    grid = J.displacement_to_grid(disp, align_corners=align_corners)
+    return jnp.sum(stn_jax.sample(U, grid, kernel, **kw) ** 2)
+
+  assert_close(
+    J.warp(U, disp, kernel, **kw),
+    stn_jax.sample(U, J.displacement_to_grid(disp, align_corners=align_corners), kernel, **kw),
+    "warp vs sample",
+    atol=1e-12,
+  )
+  if kernel != "nearest":
+    got = jax.grad(via_warp, argnums=(0, 1))(U, disp)
+    want = jax.grad(via_grid, argnums=(0, 1))(U, disp)
+    assert_close(got[0], want[0], "dU", atol=1e-10)
+    assert_close(got[1], want[1], "ddisp", atol=1e-9)
+
+
+@pytest.mark.parametrize("path", ["default", "pure_jax"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kernel", ["nearest", "bilinear", "bicubic"])
 @pytest.mark.parametrize("shape", [(8, 16), (32, 32), (9, 12), (28, 30)])
-def test_integer_shift_moves_pixels(shape, kernel, dtype, rng):
+def test_integer_shift_moves_pixels(shape, kernel, dtype, path, rng, pure_jax):
+  # Bit for bit, whatever the image size: warp hands the sampler p + disp(p) in pixels,
+  # which is an integer here, so every interpolating kernel's weights are exactly 1 and 0.
+  # "default" runs the compiled kernels for bilinear float32/float64 where they are built.
   U = rng.normal(size=shape + (2,)).astype(dtype)
   shift = np.array([2.0, -3.0], dtype)  # 2 pixels along x, -3 along y
   disp = np.broadcast_to(shift, shape + (2,))
-  out = np.asarray(J.warp(U, disp, kernel, padding_mode="zeros"))
-  assert out.dtype == dtype
-  expected = np.zeros_like(U)
-  expected[3:, : shape[1] - 2] = U[: shape[0] - 3, 2:]
-  exact_normalisation = all(s & (s - 1) == 0 for s in shape)  # powers of two
-  if kernel == "nearest" or exact_normalisation:
-    # Bit for bit: nearest rounds; with power-of-two sizes the pixel <-> normalised maps
-    # are exact in binary floating point, so the interpolating kernels hit the taps exactly.
+  for align_corners in (False, True):
+
+    def run(U=U, disp=disp, align_corners=align_corners):
+      return J.warp(U, disp, kernel, padding_mode="zeros", align_corners=align_corners)
+
+    out = np.asarray(run() if path == "default" else pure_jax(run))
+    assert out.dtype == dtype
+    expected = np.zeros_like(U)
+    expected[3:, : shape[1] - 2] = U[: shape[0] - 3, 2:]
     np.testing.assert_array_equal(out, expected)
-  else:
-    # Otherwise the normalised grid rounds: the sampler's pixel coordinate is off by a few
-    # ulps of the image size, which leaks that fraction of a neighbour into each pixel.
-    coordinate_error = 8 * np.finfo(dtype).eps * max(shape)
-    bound = coordinate_error * 4 * np.abs(U).max()
-    np.testing.assert_allclose(out, expected, rtol=0, atol=bound)
 
 
 # --- compose, integrate, invert ------------------------------------------------------------
@@ -351,8 +382,8 @@ def test_volume_warp_matches_scipy_and_integer_shift(rng):
   U = rng.normal(size=shape + (2,))
   disp = rng.normal(scale=2.0, size=shape + (3,))
   assert_close(J.warp(U, disp), bilinear_oracle(U, disp), "3-D warp vs scipy", atol=1e-12)
-  # Power-of-two sizes: the normalisation is exact, so an integer shift is bit for bit.
-  shape = (4, 8, 16)
+  # An integer shift is bit for bit (warp reads pixel coordinates), at any size.
+  shape = (5, 7, 9)
   U = rng.normal(size=shape + (1,)).astype(np.float32)
   disp = np.broadcast_to(np.array([3.0, -2.0, 1.0], np.float32), shape + (3,))  # x, y, z
   expected = np.zeros_like(U)

@@ -148,9 +148,14 @@ def warp(
 ) -> jax.Array:
   """Warps ``U`` by a displacement field: ``sample(U, displacement_to_grid(disp), ...)``.
 
-  In pixel units the result does not depend on ``align_corners`` except under
-  ``padding_mode="reflection"`` (which reflects about the centres or the edges of the
-  border pixels) and by float rounding: pixel ``m`` sits at pixel coordinate ``m`` in both.
+  The same maths, computed without the round trip through normalised coordinates: the
+  sampler reads ``p + disp(p)`` in pixels as it is, so an integer displacement moves whole
+  pixels bit for bit (through ``displacement_to_grid`` and back a coordinate can be off by
+  a few ulps of the image size, which leaks a trace of the neighbours in), and the result
+  equals ``sample(U, displacement_to_grid(disp), ...)`` to float round-off. It does not
+  depend on ``align_corners`` except under ``padding_mode="reflection"`` (which reflects
+  about the centres or the edges of the border pixels): pixel ``m`` sits at pixel
+  coordinate ``m`` in both. With ``antialias=True`` it reads the normalised grid.
 
   Convention:
     ``U`` is channels-last ``(..., *S, C)`` with the same spatial shape ``S`` as ``disp``
@@ -186,9 +191,14 @@ def warp(
       f"got U {U.shape} and disp {disp.shape}. Resize the field with resize_displacement "
       "(which rescales its pixel values) or the image first."
     )
-  grid = displacement_to_grid(disp, align_corners=align_corners)
-  return sampling.sample(
-    U, grid, kernel, padding_mode=padding_mode, align_corners=align_corners, antialias=antialias
+  if antialias:
+    grid = displacement_to_grid(disp, align_corners=align_corners)
+    return sampling.sample(
+      U, grid, kernel, padding_mode=padding_mode, align_corners=align_corners, antialias=True
+    )
+  points = _lift(_identity(shape, None), disp) + disp  # p + disp(p), in pixels
+  return sampling.sample_with_options(
+    U, points, kernel, padding_mode=padding_mode, align_corners=align_corners, pixels=True
   )
 
 

@@ -51,6 +51,8 @@ def sample_gather(
   kernel: "str | kernels_lib.Kernel",
   padding_mode: str,
   align_corners: bool,
+  *,
+  pixels: bool = False,
 ) -> jax.Array:
   """The reference sampler for one example, in pure JAX.
 
@@ -67,6 +69,10 @@ def sample_gather(
     kernel: ``"nearest"``, ``"bilinear"`` or a :class:`stn_jax.Kernel`.
     padding_mode: one of :data:`PADDING_MODES`.
     align_corners: PyTorch's meaning.
+    pixels: ``g`` is already in pixels (pixel ``m``'s centre at ``m``), as
+      ``stn_jax.fields.warp`` computes it, so no normalisation rounds it (an integer
+      shift reads whole pixels exactly); ``align_corners`` then only places reflection's
+      mirrors.
 
   Returns:
     ``(*So, C)`` in ``u``'s dtype.
@@ -87,7 +93,7 @@ def sample_gather(
   if 0 in spatial:
     return jnp.zeros(out_shape + (c,), u.dtype)
   flat_u = u.reshape(math.prod(spatial), c)
-  weights, index, valid = _taps(spatial, g, kernel, padding_mode, align_corners)
+  weights, index, valid = _taps(spatial, g, kernel, padding_mode, align_corners, pixels)
   if weights is None:
     return _masked_gather(flat_u, index, valid)
   return _combine_taps(flat_u, weights, index, valid, spatial)
@@ -99,6 +105,7 @@ def _taps(
   kernel: "str | kernels_lib.Kernel",
   padding_mode: str,
   align_corners: bool,
+  pixels: bool = False,
 ) -> tuple:
   """Per-axis tap weights, indices and masks.
 
@@ -113,7 +120,8 @@ def _taps(
   # Spatial axis j is read by grid component ndim - 1 - j: x (component 0) runs along the
   # last spatial axis, as in PyTorch.
   coords = [
-    _unnormalize(g[..., ndim - 1 - j], size, align_corners) for j, size in enumerate(spatial)
+    g[..., ndim - 1 - j] if pixels else _unnormalize(g[..., ndim - 1 - j], size, align_corners)
+    for j, size in enumerate(spatial)
   ]
   unreadable = functools.reduce(operator.or_, [jnp.isnan(v) for v in coords])
   if padding_mode == "reflection":

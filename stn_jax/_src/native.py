@@ -197,25 +197,29 @@ def _partitionable_ready() -> bool:
   return True
 
 
-def sample_linear(u, g, padding_mode: str, align_corners: bool) -> jax.Array:
+def sample_linear(u, g, padding_mode: str, align_corners: bool, pixels: bool = False):
   """``V`` for ``u`` ``(..., H, W, C)`` and ``g`` ``(..., Ho, Wo, 2)`` (bilinear), or ``u``
-  ``(..., D, H, W, C)`` and ``g`` ``(..., Do, Ho, Wo, 3)`` (trilinear), of one dtype."""
+  ``(..., D, H, W, C)`` and ``g`` ``(..., Do, Ho, Wo, 3)`` (trilinear), of one dtype.
+  ``pixels``: ``g`` holds pixel coordinates, not normalised ones (see ``gather``)."""
   _partitionable_ready()
-  return fwd_p.bind(u, g, padding_mode=padding_mode, align_corners=align_corners)
+  return fwd_p.bind(
+    u, g, padding_mode=padding_mode, align_corners=align_corners, pixels=bool(pixels)
+  )
 
 
 sample_bilinear = sample_linear  # the name sampling.py has called since the 2-D kernels
 
 
-def sample_one(u, g, kernel, padding_mode: str, align_corners: bool) -> jax.Array:
-  """One example: ``u`` is ``(*S, C)``, ``g`` is ``(*So, d)`` in the compute dtype.
+def sample_one(u, g, kernel, padding_mode: str, align_corners: bool, pixels: bool = False):
+  """One example: ``u`` is ``(*S, C)``, ``g`` is ``(*So, d)`` in the compute dtype
+  (normalised, or in pixels with ``pixels=True``).
 
   Bilinear float32/float64 images and (trilinear) volumes run the compiled kernels where
   they are built (the same values and derivatives); everything else the gather sampler.
   """
   if kernel == "bilinear" and 0 not in u.shape[:-1] and usable(u, g):
-    return sample_linear(u, g, padding_mode, align_corners)
-  return gather.sample_gather(u, g, kernel, padding_mode, align_corners)
+    return sample_linear(u, g, padding_mode, align_corners, pixels)
+  return gather.sample_gather(u, g, kernel, padding_mode, align_corners, pixels=pixels)
 
 
 def _ndim(g) -> int:
@@ -242,24 +246,21 @@ def _leading(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
 
 
 @_leading
-def _ref_fwd(u, g, *, padding_mode, align_corners):
-  return gather.sample_gather(u, g, "bilinear", padding_mode, align_corners)
+def _ref_fwd(u, g, *, padding_mode, align_corners, pixels):
+  return gather.sample_gather(u, g, "bilinear", padding_mode, align_corners, pixels=pixels)
 
 
-def _ref_u_vjp(ct, g, *, padding_mode, align_corners, size):
+def _ref_u_vjp(ct, g, *, size, **params):
   u = jnp.zeros(ct.shape[: -(_ndim(g) + 1)] + tuple(size) + ct.shape[-1:], ct.dtype)
-  fwd = functools.partial(_ref_fwd, padding_mode=padding_mode, align_corners=align_corners)
-  return jax.vjp(lambda x: fwd(x, g), u)[1](ct)[0]
+  return jax.vjp(lambda x: _ref_fwd(x, g, **params), u)[1](ct)[0]
 
 
-def _ref_grid_jvp(u, g, dg, *, padding_mode, align_corners):
-  fwd = functools.partial(_ref_fwd, padding_mode=padding_mode, align_corners=align_corners)
-  return jax.jvp(lambda x: fwd(u, x), (g,), (dg,))[1]
+def _ref_grid_jvp(u, g, dg, **params):
+  return jax.jvp(lambda x: _ref_fwd(u, x, **params), (g,), (dg,))[1]
 
 
-def _ref_grid_vjp(u, g, ct, *, padding_mode, align_corners):
-  fwd = functools.partial(_ref_fwd, padding_mode=padding_mode, align_corners=align_corners)
-  return jax.vjp(lambda x: fwd(u, x), g)[1](ct)[0]
+def _ref_grid_vjp(u, g, ct, **params):
+  return jax.vjp(lambda x: _ref_fwd(u, x, **params), g)[1](ct)[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -300,7 +301,12 @@ def _define(name: str, shape_rule, reference, linear: tuple[int, ...]) -> Primit
       return fallback(ctx, *args, padding_mode=padding_mode, align_corners=align_corners, **params)
     padding = np.int32(gather.PADDING_CODES[padding_mode])
     limit = np.float64(gather.COORD_LIMIT)
-    attributes = dict(padding=padding, align_corners=bool(align_corners), coord_limit=limit)
+    attributes = dict(
+      padding=padding,
+      align_corners=bool(align_corners),
+      pixels=bool(params.get("pixels", False)),
+      coord_limit=limit,
+    )
     if not _single_cpu_device():
       return _partitionable(name, ctx, args, attributes)
     return target(ctx, *args, **attributes)

@@ -133,12 +133,20 @@ def sample_with_options(
   align_corners: bool = False,
   antialias: bool = False,
   max_anisotropy: int = antialias_lib.MAX_ANISOTROPY,
+  pixels: bool = False,
 ) -> jax.Array:
-  """:func:`sample`, plus the antialiasing's probe count (benchmarks sweep it).
+  """:func:`sample`, plus the antialiasing's probe count (benchmarks sweep it) and grids
+  in pixels.
 
   ``max_anisotropy``: probes per point over an anisotropic footprint, a positive Python
   int; 1 gives plain trilinear mip-mapping (cheapest; blurs long footprints across).
+  ``pixels``: ``grid`` holds pixel coordinates (pixel ``m``'s centre at ``m``) instead of
+  normalised ones, so no normalisation rounds them: ``stn_jax.fields.warp`` reads an
+  integer shift as whole pixels, bit for bit. ``align_corners`` then only places
+  reflection's mirrors. Not with ``antialias``.
   """
+  if pixels and antialias:
+    raise ValueError("pixels=True grids are read without antialias; pass one or the other.")
   validation.check_padding_mode(padding_mode)
   kernel = kernels_lib.resolve(kernel)
   n_probes = antialias_lib.check_max_anisotropy(max_anisotropy)
@@ -165,7 +173,7 @@ def sample_with_options(
     g = g.astype(compute)
     if antialias:
       return antialias_lib.sample_one(u, g, kernel, padding_mode, align_corners, n_probes)
-    return native.sample_one(u, g, kernel, padding_mode, align_corners)
+    return native.sample_one(u, g, kernel, padding_mode, align_corners, pixels)
 
   return batching.vmap_leading(core, [U, grid], [ndim + 1, ndim + 1], ["U", "grid"])
 
