@@ -96,3 +96,40 @@ def test_no_import_cycles(graph):
 def test_validation_options_match_the_core():
   assert validation.TRANSFORMS == grids.TRANSFORMS
   assert validation.PADDING_MODES == sampling.PADDING_MODES
+
+
+def _long_functions(limit: int) -> list[str]:
+  """``file:line name (n lines)`` for every function in stn_jax whose body, docstring
+  aside, is longer than ``limit`` lines."""
+  import ast
+
+  found = []
+  for path in sorted(PACKAGE.rglob("*.py")):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+      if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        continue
+      body = node.body
+      if (
+        body
+        and isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+        and isinstance(body[0].value.value, str)
+      ):
+        body = body[1:]  # the docstring
+      if not body:
+        continue
+      n = body[-1].end_lineno - body[0].lineno + 1
+      if n > limit:
+        found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({n})")
+  return found
+
+
+def test_no_function_body_longer_than_60_lines():
+  # The house limit: a function that does not fit on a screen does too much. Split it.
+  assert _long_functions(60) == []
+
+
+def test_the_length_check_sees_long_functions():
+  # The counter can fail: at a 5-line limit it finds many of the package's functions.
+  assert len(_long_functions(5)) > 20
