@@ -22,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import stn_jax  # noqa: E402
-from stn_jax._src import antialias  # noqa: E402
+from stn_jax._src import antialias, sampling  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)  # the reference's mean is taken in float64
 
@@ -122,7 +122,9 @@ def methods(sweep: bool) -> dict:
     return jax.jit(lambda u, g: stn_jax.sample(u, g, kernel))
 
   def aa(k=antialias.MAX_ANISOTROPY):
-    return jax.jit(lambda u, g: antialias.sample_antialiased(u, g, max_anisotropy=k))
+    return jax.jit(
+      lambda u, g: sampling.sample_with_options(u, g, antialias=True, max_anisotropy=k)
+    )
 
   out = {"bilinear": plain("bilinear"), "bicubic": plain("bicubic"), "antialiased": aa()}
   if sweep:
@@ -234,8 +236,10 @@ def cost(repeats: int) -> list[dict]:
 
     impls = {
       "bilinear": lambda u, g: stn_jax.sample(u, g),
-      "antialiased": lambda u, g: antialias.sample_antialiased(u, g),
-      "antialiased N=1": lambda u, g: antialias.sample_antialiased(u, g, max_anisotropy=1),
+      "antialiased": lambda u, g: stn_jax.sample(u, g, antialias=True),
+      "antialiased N=1": lambda u, g: sampling.sample_with_options(
+        u, g, antialias=True, max_anisotropy=1
+      ),
       "jax.image.resize(antialias)": lambda u, g, o=oshape: jax.image.resize(
         u, u.shape[:-3] + o + (u.shape[-1],), "linear", antialias=True
       ),
@@ -293,7 +297,7 @@ def figure(n: int, path: str) -> None:
     "input (256x256)": U,
     "reference (16x16 box)": reference(U, theta, transform, shape),
     "bilinear": stn_jax.sample(U, grid),
-    "antialiased": antialias.sample_antialiased(U, grid),
+    "antialiased": stn_jax.sample(U, grid, antialias=True),
   }
   fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3))
   for ax, (title, img) in zip(axes, panels.items(), strict=True):

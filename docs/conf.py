@@ -17,6 +17,9 @@ extensions = [
   "sphinx.ext.autodoc",
   "sphinx.ext.napoleon",
   "sphinx.ext.mathjax",
+  # MathJax copied into the built site, so the maths renders without a network (the
+  # default loads it from a CDN, and an offline reader sees raw LaTeX).
+  "sphinx-mathjax-offline",
   "sphinx.ext.viewcode",
 ]
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}

@@ -17,6 +17,9 @@ from stn_jax._src.grids import make_grid as make_grid
 from stn_jax._src.grids import normalized_to_pixel as normalized_to_pixel
 from stn_jax._src.grids import pixel_to_normalized as pixel_to_normalized
 from stn_jax._src.kernels import Kernel as Kernel
+from stn_jax._src.native import NativeStatus as NativeStatus
+from stn_jax._src.native import native_available as native_available
+from stn_jax._src.native import native_status as native_status
 from stn_jax._src.sampling import PADDING_MODES as PADDING_MODES
 from stn_jax._src.sampling import sample as sample
 from stn_jax._src.sampling import warp as warp
@@ -27,6 +30,7 @@ __all__ = (
   "PADDING_MODES",
   "TRANSFORMS",
   "Kernel",
+  "NativeStatus",
   "attention_to_affine",
   "compose",
   "default_control_points",
@@ -35,6 +39,8 @@ __all__ = (
   "invert",
   "kernels",
   "make_grid",
+  "native_available",
+  "native_status",
   "normalized_to_pixel",
   "pixel_to_normalized",
   "sample",

@@ -132,6 +132,9 @@ class SpatialTransformer(eqx.Module):
     padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"``.
     align_corners: PyTorch's meaning, used for both the grid and the sampling.
     control_points: ``(K, 2)`` TPS sources (default: the 4x4 lattice); concrete.
+    antialias: low-pass filter the input to each output pixel's footprint before reading
+      it (:func:`stn_jax.sample`'s ``antialias``), so that a zooming-out transformer does
+      not alias; where it zooms in the output equals ``antialias=False``'s.
     key: a ``jax.random`` key (the identity head draws nothing from it; Equinox layers
       take one).
 
@@ -162,10 +165,11 @@ class SpatialTransformer(eqx.Module):
     padding_mode: str = "zeros",
     align_corners: bool = False,
     control_points: ArrayLike | None = None,
+    antialias: bool = False,
     key: jax.Array,
   ):
     self.options = modules.check_options(
-      transform, output_shape, kernel, padding_mode, align_corners, control_points
+      transform, output_shape, kernel, padding_mode, align_corners, control_points, antialias
     )
     self.features = features
     self.localisation = localisation
@@ -187,6 +191,7 @@ class SpatialTransformer(eqx.Module):
     padding_mode: str = "zeros",
     align_corners: bool = False,
     control_points: ArrayLike | None = None,
+    antialias: bool = False,
     key: jax.Array,
   ) -> "SpatialTransformer":
     """A transformer whose localisation is a default :class:`LocalisationNet`.
@@ -200,6 +205,7 @@ class SpatialTransformer(eqx.Module):
       padding_mode: as in :class:`SpatialTransformer`.
       align_corners: as in :class:`SpatialTransformer`.
       control_points: as in :class:`SpatialTransformer`.
+      antialias: as in :class:`SpatialTransformer`.
       key: a ``jax.random`` key.
 
     Returns:
@@ -222,6 +228,7 @@ class SpatialTransformer(eqx.Module):
       padding_mode=padding_mode,
       align_corners=align_corners,
       control_points=control_points,
+      antialias=antialias,
       key=head_key,
     )
 

@@ -100,6 +100,9 @@ class SpatialTransformer(nn.Module):
     padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"``.
     align_corners: PyTorch's meaning, used for both the grid and the sampling.
     control_points: ``(K, 2)`` TPS sources (default: the 4x4 lattice); concrete.
+    antialias: low-pass filter the input to each output pixel's footprint before reading
+      it (:func:`stn_jax.sample`'s ``antialias``), so that a zooming-out transformer does
+      not alias; where it zooms in the output equals ``antialias=False``'s.
 
   >>> import jax, jax.numpy as jnp
   >>> stn = SpatialTransformer(LocalisationNet(features=8), transform="attention")
@@ -123,6 +126,7 @@ class SpatialTransformer(nn.Module):
   padding_mode: str = "zeros"
   align_corners: bool = False
   control_points: Any = None
+  antialias: bool = False
 
   def __post_init__(self):
     # Fail at construction, as the NNX module does, not at the first call; the call uses
@@ -138,6 +142,7 @@ class SpatialTransformer(nn.Module):
       self.padding_mode,
       self.align_corners,
       self.control_points,
+      self.antialias,
     )
 
   @nn.compact
@@ -216,6 +221,8 @@ class Registration(nn.Module):
     kernel: how the moving image is sampled, as in :func:`stn_jax.sample`.
     padding_mode: as in :func:`stn_jax.sample`; default ``"border"``.
     align_corners: PyTorch's meaning.
+    antialias: read the moving image low-pass filtered where the field compresses it
+      (:func:`stn_jax.fields.warp`'s ``antialias``).
 
   >>> import jax, jax.numpy as jnp
   >>> reg = Registration(FieldNet())
@@ -232,6 +239,7 @@ class Registration(nn.Module):
   kernel: "str | kernels_lib.Kernel" = "bilinear"
   padding_mode: str = "border"
   align_corners: bool = False
+  antialias: bool = False
 
   def __post_init__(self):
     # Fail at construction, as the NNX module does; the call uses the checked options.
@@ -240,7 +248,12 @@ class Registration(nn.Module):
 
   def _checked_options(self) -> registration.Options:
     return registration.check_options(
-      self.spatial_dims, self.steps, self.kernel, self.padding_mode, self.align_corners
+      self.spatial_dims,
+      self.steps,
+      self.kernel,
+      self.padding_mode,
+      self.align_corners,
+      self.antialias,
     )
 
   @nn.compact

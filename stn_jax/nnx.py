@@ -117,6 +117,9 @@ class SpatialTransformer(nnx.Module):
     padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"``.
     align_corners: PyTorch's meaning, used for both the grid and the sampling.
     control_points: ``(K, 2)`` TPS sources (default: the 4x4 lattice); concrete.
+    antialias: low-pass filter the input to each output pixel's footprint before reading
+      it (:func:`stn_jax.sample`'s ``antialias``), so that a zooming-out transformer does
+      not alias; where it zooms in the output equals ``antialias=False``'s.
     rngs: NNX random streams (the head's initialisers use none, but NNX convention keeps
       the argument so the signature matches other layers).
 
@@ -148,10 +151,11 @@ class SpatialTransformer(nnx.Module):
     padding_mode: str = "zeros",
     align_corners: bool = False,
     control_points: ArrayLike | None = None,
+    antialias: bool = False,
     rngs: nnx.Rngs,
   ):
     options = modules.check_options(
-      transform, output_shape, kernel, padding_mode, align_corners, control_points
+      transform, output_shape, kernel, padding_mode, align_corners, control_points, antialias
     )
     self.options = options
     self.features = features
@@ -176,6 +180,7 @@ class SpatialTransformer(nnx.Module):
     padding_mode: str = "zeros",
     align_corners: bool = False,
     control_points: ArrayLike | None = None,
+    antialias: bool = False,
     rngs: nnx.Rngs,
   ) -> "SpatialTransformer":
     """A transformer whose localisation is a default :class:`LocalisationNet`.
@@ -189,6 +194,7 @@ class SpatialTransformer(nnx.Module):
       padding_mode: as in :class:`SpatialTransformer`.
       align_corners: as in :class:`SpatialTransformer`.
       control_points: as in :class:`SpatialTransformer`.
+      antialias: as in :class:`SpatialTransformer`.
       rngs: NNX random streams.
 
     Returns:
@@ -203,7 +209,7 @@ class SpatialTransformer(nnx.Module):
     ((4, 16, 16, 3), (4, 3))
     """
     options = modules.check_options(
-      transform, output_shape, kernel, padding_mode, align_corners, control_points
+      transform, output_shape, kernel, padding_mode, align_corners, control_points, antialias
     )
     localisation = LocalisationNet(in_features, features=features, ndim=options.ndim, rngs=rngs)
     return cls(
@@ -215,6 +221,7 @@ class SpatialTransformer(nnx.Module):
       padding_mode=padding_mode,
       align_corners=align_corners,
       control_points=control_points,
+      antialias=antialias,
       rngs=rngs,
     )
 
@@ -321,6 +328,8 @@ class Registration(nnx.Module):
     kernel: how the moving image is sampled, as in :func:`stn_jax.sample`.
     padding_mode: as in :func:`stn_jax.sample`; default ``"border"``.
     align_corners: PyTorch's meaning.
+    antialias: read the moving image low-pass filtered where the field compresses it
+      (:func:`stn_jax.fields.warp`'s ``antialias``).
     rngs: NNX random streams.
 
   >>> import jax.numpy as jnp
@@ -342,10 +351,11 @@ class Registration(nnx.Module):
     kernel: "str | kernels_lib.Kernel" = "bilinear",
     padding_mode: str = "border",
     align_corners: bool = False,
+    antialias: bool = False,
     rngs: nnx.Rngs,
   ):
     self.options = registration.check_options(
-      spatial_dims, steps, kernel, padding_mode, align_corners
+      spatial_dims, steps, kernel, padding_mode, align_corners, antialias
     )
     self.backbone = backbone
     self.head = nnx.Conv(
@@ -368,6 +378,7 @@ class Registration(nnx.Module):
     kernel: "str | kernels_lib.Kernel" = "bilinear",
     padding_mode: str = "border",
     align_corners: bool = False,
+    antialias: bool = False,
     rngs: nnx.Rngs,
   ) -> "Registration":
     """A registration module whose backbone is a default :class:`FieldNet`.
@@ -380,13 +391,14 @@ class Registration(nnx.Module):
       kernel: as in :class:`Registration`.
       padding_mode: as in :class:`Registration`.
       align_corners: as in :class:`Registration`.
+      antialias: as in :class:`Registration`.
       rngs: NNX random streams.
 
     Returns:
       A :class:`Registration` at the identity.
     """
     # Check the options before building (and initialising) the backbone.
-    registration.check_options(spatial_dims, steps, kernel, padding_mode, align_corners)
+    registration.check_options(spatial_dims, steps, kernel, padding_mode, align_corners, antialias)
     backbone = FieldNet(2 * in_features, channels=channels, spatial_dims=spatial_dims, rngs=rngs)
     return cls(
       backbone,
@@ -396,6 +408,7 @@ class Registration(nnx.Module):
       kernel=kernel,
       padding_mode=padding_mode,
       align_corners=align_corners,
+      antialias=antialias,
       rngs=rngs,
     )
 

@@ -109,6 +109,15 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, full_run):
     assert cases[name][1] in err, (name, err)
 
 
+def test_antialias_and_st_output_reach_the_config():
+  from stn_jax.digits import cli
+
+  config = cli._config(cli.build_parser().parse_args(["train", "--antialias", "--st-output", "14"]))
+  assert config.antialias and config.st_output == 14
+  default = cli._config(cli.build_parser().parse_args(["train"]))
+  assert not default.antialias and default.st_output == 28
+
+
 def test_python_dash_m():
   proc = subprocess.run(
     [sys.executable, "-m", "stn_jax", "--help"], capture_output=True, text=True, timeout=120

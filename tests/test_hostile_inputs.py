@@ -1,5 +1,7 @@
 """Hostile inputs not covered elsewhere; docs/reliability.md lists every row and its test."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,3 +84,95 @@ def test_numpy_and_list_theta_and_grid_work_under_jit_and_vmap():
   grid = jax.jit(stn_jax.make_grid, static_argnums=(1, 2))(np.asarray(theta), (3, 3), "affine")
   U = np.ones((3, 3, 1))
   np.testing.assert_allclose(jax.vmap(stn_jax.sample)(U[None], grid[None])[0], U)
+
+
+# A one-pixel axis, written out independently of the sampler: per axis, a NaN coordinate
+# (and an infinite one under reflection) makes the point read nothing; with align_corners
+# a finite coordinate is the pixel, 0 (scale (1 - 1) / 2 = 0); otherwise PyTorch's
+# formula. Coordinates are clamped to +-2**24 pixels; "border" and "reflection" then clip
+# into the axis, which equals reflection on the one-pixel axis (every reflected position
+# lies in [-0.5, 0.5]) and on the others, whose coordinates stay in [-1, 1] below.
+_ONE_PIXEL_SPECIALS = [0.3, -0.6, -1.0, 1e30, -1e30, np.inf, -np.inf, np.nan]
+
+
+def _axis_taps(g, size, align_corners, padding_mode):
+  """``[(index, weight), ...]`` along one axis, or None where the point reads nothing."""
+  if np.isnan(g) or (padding_mode == "reflection" and np.isinf(g)):
+    return None
+  if align_corners and size == 1:
+    pos = 0.0 if np.isfinite(g) else g
+  elif align_corners:
+    pos = (g + 1) * (size - 1) / 2
+  else:
+    pos = ((g + 1) * size - 1) / 2
+  pos = min(max(pos, -(2.0**24)), 2.0**24)
+  if padding_mode != "zeros":
+    pos = min(max(pos, 0.0), size - 1.0)
+  i = np.floor(pos)
+  return [(int(k), w) for k, w in ((i, i + 1 - pos), (i + 1, pos - i)) if 0 <= k < size]
+
+
+def _one_pixel_matrix(spatial, grid, align_corners, padding_mode):
+  """``W`` with ``V = W @ U.reshape(-1, C)``: the sampler as a matrix, in float64."""
+  nd = len(spatial)
+  points = grid.reshape(-1, nd)
+  W = np.zeros((len(points), int(np.prod(spatial))))
+  for p, g in enumerate(points):
+    # Spatial axis j is read by grid component nd - 1 - j (x runs along the last axis).
+    axes = [
+      _axis_taps(g[nd - 1 - j], n, align_corners, padding_mode) for j, n in enumerate(spatial)
+    ]
+    if any(a is None for a in axes):
+      continue
+    for taps in itertools.product(*axes):
+      W[p, np.ravel_multi_index([k for k, _ in taps], spatial)] += np.prod([w for _, w in taps])
+  return W
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding_mode", stn_jax.PADDING_MODES)
+@pytest.mark.parametrize("spatial", [(1, 4), (4, 1), (1, 3, 4), (3, 4, 1)], ids=str)
+def test_one_pixel_axis_with_infinite_coordinates(pure_jax, spatial, padding_mode, align_corners):
+  # With align_corners every finite coordinate on a one-pixel axis maps to that pixel; an
+  # infinite one reads 0 ("zeros": outside), the pixel ("border": the limit of the finite
+  # ones) or 0 ("reflection": no reflected position), never NaN; gradients finite, and 0
+  # along the one-pixel axis. Both paths: the compiled kernels and the pure-JAX sampler.
+  rng = np.random.default_rng(sum(spatial))
+  nd, c = len(spatial), 2
+  U = rng.normal(size=spatial + (c,))
+  one = spatial.index(1)  # the specials go along the first one-pixel axis
+  # (Ho, Wo, 2) or (Do, Ho, Wo, 3) points; the first point of each row gets a special.
+  grid = rng.uniform(-0.95, 0.95, size=(len(_ONE_PIXEL_SPECIALS), 3) + (1,) * (nd - 2) + (nd,))
+  grid[:, 0, ..., nd - 1 - one] = np.reshape(_ONE_PIXEL_SPECIALS, (-1,) + (1,) * (nd - 2))
+  R = rng.normal(size=grid.shape[:-1] + (c,))
+
+  def run(u, g):
+    def f(u, g):
+      return stn_jax.sample(u, g, padding_mode=padding_mode, align_corners=align_corners)
+
+    out, vjp = jax.vjp(f, u, g)
+    return (out, *vjp(jnp.asarray(R)))
+
+  W = _one_pixel_matrix(spatial, grid, align_corners, padding_mode)
+  expected_V = (W @ U.reshape(-1, c)).reshape(R.shape)
+  expected_dU = (W.T @ R.reshape(-1, c)).reshape(U.shape)
+  # dgrid by central differences of the oracle, which is linear between lattice points, so
+  # exact but for rounding: each of the 2**nd weights is off by about eps * (size + 1)
+  # (the pixel coordinate's magnitude), and the difference quotient divides that by h.
+  h = 1e-6
+  expected_dg = np.zeros_like(grid)
+  for k in range(nd):
+    step = np.zeros(nd)
+    step[k] = h
+    ahead = _one_pixel_matrix(spatial, grid + step, align_corners, padding_mode)
+    behind = _one_pixel_matrix(spatial, grid - step, align_corners, padding_mode)
+    dV = ((ahead - behind) @ U.reshape(-1, c)).reshape(R.shape) / (2 * h)
+    expected_dg[..., k] = np.sum(dV * R, -1)
+  eps = np.finfo(np.float64).eps
+  tol = c * 2**nd * (max(spatial) + 1) * np.abs(U).max() * np.abs(R).max() * eps / h
+  for name, outputs in (("compiled", run(U, grid)), ("pure JAX", pure_jax(run, U, grid))):
+    V, dU, dg = (np.asarray(x) for x in outputs)
+    assert np.all(np.isfinite(V)) and np.all(np.isfinite(dU)) and np.all(np.isfinite(dg)), name
+    np.testing.assert_allclose(V, expected_V, rtol=1e-12, atol=1e-12, err_msg=f"{name}: V")
+    np.testing.assert_allclose(dU, expected_dU, rtol=1e-12, atol=1e-12, err_msg=f"{name}: dU")
+    np.testing.assert_allclose(dg, expected_dg, rtol=0, atol=tol, err_msg=f"{name}: dgrid")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import stn_jax
 from stn_jax.digits import datasets, train
 
 
@@ -100,9 +101,25 @@ def test_st_cnn_starts_at_identity_and_downsamples():
   np.testing.assert_allclose(theta, jnp.broadcast_to(jnp.eye(2, 3), (2, 2, 3)))
 
 
+def test_antialiased_st_cnn_samples_its_view_with_antialias():
+  # --st-output 14 on RTS: at the identity the transformer zooms out 3x.
+  config = train.Config(task="rts", model="st-cnn", st_output=14, antialias=True)
+  model = train.create_model(config)
+  x = jnp.asarray(np.random.default_rng(0).random((2, 42, 42, 1)), jnp.float32)
+  logits, V = model(x)
+  assert logits.shape == (2, 10) and V.shape == (2, 14, 14, 1)
+  _, theta = model.stn(x)
+  want = stn_jax.sample(x, stn_jax.make_grid(theta, (14, 14)), antialias=True)
+  np.testing.assert_allclose(V, want, rtol=0, atol=8 * float(jnp.finfo(jnp.float32).eps))
+  plain = stn_jax.sample(x, stn_jax.make_grid(theta, (14, 14)))
+  assert float(jnp.max(jnp.abs(V - plain))) > 0.05  # the option is not ignored
+
+
 @pytest.mark.parametrize(
   ("kwargs", "message"),
   [
+    ({"model": "cnn", "antialias": True}, "antialias needs an 'st-' model; got 'cnn'"),
+    ({"st_output": 0}, "st_output must be >= 1; got 0"),
     ({"task": "xyz"}, "task must be one of"),
     ({"model": "mlp"}, "model must be one of"),
     ({"steps": 0}, "steps must be >= 1; got 0"),

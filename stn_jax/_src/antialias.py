@@ -1,14 +1,56 @@
-"""Antialiased sampling: a mip pyramid read trilinearly, with probes along long footprints."""
+r"""Antialiased sampling: a mip pyramid read trilinearly, with probes along long footprints.
+
+:func:`stn_jax.sample` reads a fixed, small neighbourhood of each point, so where the grid
+zooms out (neighbouring output points more than one input pixel apart) the detail between
+the points folds into moire. With ``antialias=True`` each output point's footprint in the
+input is estimated from the grid itself, and the image is filtered to match it before being
+read, as graphics hardware filters textures. The same code serves images and volumes
+(``nd`` = 2 or 3 spatial axes):
+
+1. The Jacobian ``J[:, a]``, in input pixels per output pixel along output axis ``a``, is
+   the central finite difference of neighbouring grid points (one-sided at the edges; 0
+   along an axis of size 1 and where a neighbour is not finite).
+2. A mip pyramid of ``U`` (level ``l + 1`` is the mean of the 2x2 (volumes: 2x2x2) blocks of
+   level ``l``) is built once per image and packed into one atlas.
+3. With ``rho_1 >= rho_2 >= ...`` the lengths ``|J[:, a]|`` sorted, the ``N`` probes
+   (``N = max_anisotropy``) cut the footprint into ``n1 x n2`` cells along its two longest
+   axes (``N x 1`` or, for round footprints, ``sqrt(N) x sqrt(N)``, whichever is finer),
+   each filtered at the cell's width ``w = max(rho_1 / n1, rho_2 / n2, rho_3, 1)``. Each
+   probe is read with the kernel at the two pyramid levels around ``log2(w)``, blended
+   linearly in the level (trilinear filtering), and the probes are averaged.
+
+.. math::
+
+  V_i = \frac{1}{N} \sum_{p=1}^{N} \big[(1 - t_i) \, U^{(l_i)}(x_{ip})
+    + t_i \, U^{(l_i + 1)}(x_{ip})\big], \qquad l_i + t_i = \log_2 w_i
+
+Where the footprint is no larger than one input pixel (``rho_1 <= 1``, with ``1e-4`` of
+slack for round-off: the identity, a translation, a rotation, any zoom-in) the result is
+exactly :func:`stn_jax.sample`'s, value and derivatives. Derivatives flow to ``U`` and to
+the grid (through the probes' positions and the level blend), in forward and reverse mode,
+and are finite for degenerate grids (all points equal) and where the grid holds NaN or inf
+(such points read as in :func:`stn_jax.sample`; their neighbours take the difference as 0).
+
+Level 0 is read as :func:`stn_jax.sample` reads ``U``. The coarser levels pad the coordinate
+per ``padding_mode`` at their own resolution (``"reflection"`` about their outer edges,
+whatever ``align_corners``), and pad by whole texels, so near the edge of an image whose
+size is not a multiple of ``2**l`` the padding is approximate.
+
+Convention:
+  As :func:`stn_jax.sample`. Level-``l`` texel ``k`` covers level-0 pixels
+  ``[k 2^l, (k + 1) 2^l)`` along each axis, so its centre is at level-0 pixel coordinate
+  ``(k + 1/2) 2^l - 1/2`` whatever ``align_corners`` says (the grid's normalisation is
+  undone first). The footprint uses the grid's own neighbours, so a grid that is not a
+  regular lattice of output pixels gets the footprint of its spacing.
+"""
 
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike
 
-from stn_jax._src import batching, dtypes, native, validation
-from stn_jax._src import kernels as kernels_lib
+from stn_jax._src import native
 
 # Probes along the major axis of an anisotropic footprint (EXT_texture_filter_anisotropic's
 # maxAnisotropy): a footprint up to this many times longer than wide is filtered at its width.
@@ -27,114 +69,21 @@ LEVEL_BIAS = 0.0
 _ONE_PIXEL2 = 1.0 + 1e-4
 
 
-def sample_antialiased(
-  U: ArrayLike,
-  grid: ArrayLike,
-  kernel: "str | kernels_lib.Kernel" = "bilinear",
-  *,
-  padding_mode: str = "zeros",
-  align_corners: bool = False,
-  max_anisotropy: int = MAX_ANISOTROPY,
-) -> jax.Array:
-  r"""Samples ``U`` at ``grid`` low-pass filtered to each point's footprint: ``antialias=True``.
-
-  :func:`stn_jax.sample` reads a fixed, small neighbourhood of each point, so where the
-  grid zooms out (neighbouring output points more than one input pixel apart) the detail
-  between the points folds into moire. With antialiasing each output point's footprint in
-  the input is estimated from the grid itself, and the image is filtered to match it
-  before being read, as graphics hardware filters textures:
-
-  1. The Jacobian ``J[:, a]``, in input pixels per output pixel along output axis ``a``, is
-     the central finite difference of neighbouring grid points (one-sided at the edges; 0
-     along an axis of size 1 and where a neighbour is not finite).
-  2. A mip pyramid of ``U`` (level ``l + 1`` is the mean of 2x2 blocks of level ``l``) is
-     built once per image.
-  3. With ``rho_a = |J[:, a]|`` sorted so that ``rho_1`` is the largest, the filter width is
-     ``w = max(rho_1 / N, rho_2, 1)`` for ``N = max_anisotropy``, and the point is read at
-     ``N`` probes spread along ``J[:, 1]`` so that their width-``w`` footprints tile the
-     length ``rho_1`` (they coincide where ``rho_1 <= w``). Each probe is read with
-     ``kernel`` at the two pyramid levels around ``log2(w)``, blended linearly in the level
-     (trilinear filtering), and the probes are averaged.
-
-  .. math::
-
-    V_i = \frac{1}{N} \sum_{p=1}^{N} \big[(1 - t_i) \, U^{(l_i)}(x_{ip})
-      + t_i \, U^{(l_i + 1)}(x_{ip})\big], \qquad l_i + t_i = \log_2 w_i
-
-  Where the footprint is no larger than one input pixel (``rho_1 <= 1``, with ``1e-4`` of
-  slack for round-off: the identity, a translation, a rotation, any zoom-in) the result is
-  exactly :func:`stn_jax.sample`'s, value and derivatives. Derivatives flow to ``U`` and to
-  ``grid`` (through the probes' positions and the level blend), in forward and reverse
-  mode, and are finite for degenerate grids (all points equal) and where the grid holds NaN
-  or inf (such points read as in :func:`stn_jax.sample`; their neighbours take the
-  difference as 0).
-
-  Level 0 is read as :func:`stn_jax.sample` reads ``U``. The coarser levels pad the
-  coordinate per ``padding_mode`` at their own resolution (``"reflection"`` about their outer
-  edges, whatever ``align_corners``), and pad by whole texels, so near the edge of an image
-  whose size is not a multiple of ``2**l`` the padding is approximate.
-
-  Convention:
-    As :func:`stn_jax.sample`: ``U`` is ``(..., H, W, C)`` (channels-last), ``grid`` is
-    ``(..., Ho, Wo, 2)`` normalised ``(x, y)``, x along ``W``, ``[-1, 1]`` spanning ``U``
-    per ``align_corners``; pull sampling; leading dims broadcast. Level-``l`` texel ``k``
-    covers level-0 pixels ``[k 2^l, (k + 1) 2^l)``, so its centre is at level-0 pixel
-    coordinate ``(k + 1/2) 2^l - 1/2`` whatever ``align_corners`` says (the grid's
-    normalisation is undone first). The footprint uses the grid's own neighbours, so a grid
-    that is not a regular lattice of output pixels gets the footprint of its spacing.
-
-  Args:
-    U: ``(..., H, W, C)`` float feature map.
-    grid: ``(..., Ho, Wo, 2)`` normalised sampling points.
-    kernel: as in :func:`stn_jax.sample`; each level is read with it.
-    padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"``.
-    align_corners: PyTorch's meaning; use the same value as for the grid.
-    max_anisotropy: probes per point along the footprint's major axis, a positive Python
-      int; 1 gives plain trilinear mip-mapping (cheapest; blurs long footprints across).
-
-  Returns:
-    ``(..., Ho, Wo, C)`` array of ``U``'s dtype.
-
-  >>> import stn_jax
-  >>> U = jnp.tile(jnp.array([0.0, 1.0], jnp.float32), 4).reshape(1, 8, 1)  # 0 1 0 1 ...
-  >>> grid = jnp.array([[[-0.375, 0.0], [0.625, 0.0]]], jnp.float32)  # pixels 2 and 6
-  >>> stn_jax.sample(U, grid)[..., 0]  # plain sampling aliases: it sees only the 0s
-  Array([[0., 0.]], dtype=float32)
-  >>> sample_antialiased(U, grid)[..., 0]  # the mean over each 4-pixel footprint
-  Array([[0.5, 0.5]], dtype=float32)
-  """
-  validation.check_padding_mode(padding_mode)
-  if not (isinstance(max_anisotropy, int | np.integer) and max_anisotropy >= 1):
+def check_max_anisotropy(max_anisotropy) -> int:
+  """The probe count as a Python int; it fixes the number of reads, so it must be static."""
+  if isinstance(max_anisotropy, bool) or not (
+    isinstance(max_anisotropy, int | np.integer) and max_anisotropy >= 1
+  ):
     raise ValueError(
       f"max_anisotropy must be a positive Python int (it fixes the number of probes); "
       f"got {max_anisotropy!r}."
     )
-  kernel = kernels_lib.resolve(kernel)
-  U = jnp.asarray(U)
-  grid = jnp.asarray(grid)
-  if grid.ndim < 3 or grid.shape[-1] != 2:
-    raise ValueError(f"grid must have shape (..., Ho, Wo, 2) holding (x, y); got {grid.shape}.")
-  nd = grid.shape[-1]
-  if U.ndim < nd + 1:
-    raise ValueError(f"U must have shape (..., H, W, C) (channels-last); got {U.shape}.")
-  if not jnp.issubdtype(U.dtype, jnp.floating):
-    raise TypeError(
-      f"antialiasing averages pixels, so U must be a float array; got dtype {U.dtype}. "
-      "Cast it first (U.astype(jnp.float32))."
-    )
-  compute = dtypes.float_dtype(U.dtype, grid.dtype, name="U and grid")
-
-  def core(u: jax.Array, g: jax.Array) -> jax.Array:
-    return sample_one(
-      u, g.astype(compute), kernel, padding_mode, align_corners, int(max_anisotropy)
-    )
-
-  return batching.vmap_leading(core, [U, grid], [nd + 1, nd + 1], ["U", "grid"])
+  return int(max_anisotropy)
 
 
 def sample_one(u, g, kernel, padding_mode, align_corners, n_probes=MAX_ANISOTROPY):
   """One example of ``sample(..., antialias=True)``: ``u`` is ``(*spatial, C)``, ``g`` is
-  ``(*out, nd)`` (x first) in the compute dtype; the method is :func:`sample_antialiased`'s."""
+  ``(*out, nd)`` (x first) in the compute dtype; the method is the module docstring's."""
   nd = g.shape[-1]
   spatial = u.shape[:nd]
   plain = native.sample_one(u, g, kernel, padding_mode, align_corners)
@@ -147,33 +96,11 @@ def sample_one(u, g, kernel, padding_mode, align_corners, n_probes=MAX_ANISOTROP
   )
   jac = _jacobian(pix)  # (*out, nd input axes, nd output axes)
   rho2 = jnp.sum(jac * jac, axis=-2)  # squared footprint length along each output axis
-  order = jnp.argsort(rho2, axis=-1)
+  # Output axes longest first (ties: the last axis first).
+  order = jnp.flip(jnp.argsort(rho2, axis=-1), axis=-1)
   rho2_sorted = jnp.take_along_axis(rho2, order, axis=-1)
-  rho2_max = rho2_sorted[..., -1]
-  rho2_minor = rho2_sorted[..., -2] if nd > 1 else jnp.zeros_like(rho2_max)
-  major_vec = jnp.take_along_axis(jac, order[..., None, -1:], axis=-1)[..., 0]
-  minor_vec = (
-    jnp.take_along_axis(jac, order[..., None, -2:-1], axis=-1)[..., 0]
-    if nd > 1
-    else (jnp.zeros_like(major_vec))
-  )
-  # Each candidate pattern cuts the footprint into n1 x n2 cells (n1 along the major axis),
-  # one probe per cell, each filtered at the cell's width w. The pattern with the smallest w
-  # (least blur) wins: N x 1 for long footprints, sqrt(N) x sqrt(N) for round ones. Widths
-  # stay squared: no sqrt or log of 0 where the grid is degenerate.
-  best = None
-  for n1, n2 in _patterns(n_probes):
-    w2 = jnp.maximum(jnp.maximum(rho2_max / n1**2, rho2_minor / n2**2), 1.0)
-    offsets = _probe_offsets(n1, n2, n_probes, w2, rho2_max, rho2_minor, major_vec, minor_vec)
-    if best is None:
-      best = (w2, offsets)
-    else:
-      take = w2 < best[0]
-      best = (
-        jnp.where(take, w2, best[0]),
-        [jnp.where(take[..., None], o, b) for o, b in zip(offsets, best[1], strict=True)],
-      )
-  w2, offsets = best
+  columns = jnp.take_along_axis(jac, order[..., None, :], axis=-1)
+  w2, offsets = _footprint_probes(rho2_sorted, columns, n_probes)
   n_levels = max(math.ceil(math.log2(max(spatial))), 0) if max(spatial) > 1 else 0
   lam = jnp.clip(0.5 * jnp.log2(w2) + LEVEL_BIAS, 0.0, float(n_levels))
   lo = jnp.clip(jnp.floor(lam), 0, n_levels).astype(jnp.int32)
@@ -193,8 +120,39 @@ def sample_one(u, g, kernel, padding_mode, align_corners, n_probes=MAX_ANISOTROP
   values = values.reshape((2, n_probes) + out_shape + (u.shape[-1],)).astype(cdt)
   v_lo, v_hi = jnp.mean(values[0], axis=0), jnp.mean(values[1], axis=0)
   filtered = v_lo + frac[..., None] * (v_hi - v_lo)
-  exact = (rho2_max <= _ONE_PIXEL2)[..., None]
+  exact = (rho2_sorted[..., 0] <= _ONE_PIXEL2)[..., None]
   return jnp.where(exact, plain.astype(cdt), filtered).astype(u.dtype)
+
+
+def _footprint_probes(rho2_sorted, columns, n_probes):
+  """The filter width (squared) and the probes' offsets (input pixels) of each point.
+
+  Each candidate pattern cuts the footprint into ``n1 x n2`` cells along its two longest
+  axes, one probe per cell, each filtered at the cell's width ``w``; shorter axes (volumes)
+  are not cut. The pattern with the smallest ``w`` (least blur) wins: ``N x 1`` for long
+  footprints, ``sqrt(N) x sqrt(N)`` for round ones. Widths stay squared: no sqrt or log
+  of 0 where the grid is degenerate.
+  """
+  rho2_max, rho2_minor = rho2_sorted[..., 0], rho2_sorted[..., 1]
+  major_vec, minor_vec = columns[..., 0], columns[..., 1]
+  # Elementwise maxima, not jnp.max(..., initial=1): that reduction's forward-mode rule
+  # divides by the count of maximal entries, 0 where the initial value wins (NaN tangents).
+  rest = jnp.ones_like(rho2_max)
+  for k in range(2, rho2_sorted.shape[-1]):
+    rest = jnp.maximum(rest, rho2_sorted[..., k])
+  best = None
+  for n1, n2 in _patterns(n_probes):
+    w2 = jnp.maximum(jnp.maximum(rho2_max / n1**2, rho2_minor / n2**2), rest)
+    offsets = _probe_offsets(n1, n2, n_probes, w2, rho2_max, rho2_minor, major_vec, minor_vec)
+    if best is None:
+      best = (w2, offsets)
+    else:
+      take = w2 < best[0]
+      best = (
+        jnp.where(take, w2, best[0]),
+        [jnp.where(take[..., None], o, b) for o, b in zip(offsets, best[1], strict=True)],
+      )
+  return best
 
 
 def _patterns(n_probes: int) -> list[tuple[int, int]]:

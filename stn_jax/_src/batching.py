@@ -40,7 +40,9 @@ def _apply(fn: Callable[..., jax.Array], args: list[jax.Array], depth: int) -> j
     return fn(*args)
   in_axes = tuple(0 if a.shape[0] != 1 else None for a in args)
   if all(ax is None for ax in in_axes):
-    return _apply(fn, [a[0] for a in args], depth - 1)[None]
+    # A batch of one: vmapped all the same, not squeezed and re-expanded. Re-expanding
+    # the result of a custom call (the compiled kernels) costs XLA:CPU a copy of it.
+    in_axes = (0,) * len(args)
 
   def one(*xs: jax.Array) -> jax.Array:
     return _apply(

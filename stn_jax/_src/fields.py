@@ -144,6 +144,7 @@ def warp(
   *,
   padding_mode: str = "border",
   align_corners: bool = False,
+  antialias: bool = False,
 ) -> jax.Array:
   """Warps ``U`` by a displacement field: ``sample(U, displacement_to_grid(disp), ...)``.
 
@@ -163,6 +164,9 @@ def warp(
     padding_mode: as in :func:`stn_jax.sample`; default ``"border"``, the registration
       habit (MONAI's ``Warp``), so that pixels pulled from just outside repeat the edge.
     align_corners: PyTorch's meaning.
+    antialias: as in :func:`stn_jax.sample`: where the field compresses the image (the
+      pulled points of neighbouring pixels more than one pixel apart) read it low-pass
+      filtered to that footprint; elsewhere the result equals ``antialias=False``'s.
 
   Returns:
     ``(..., *S, C)``, ``U``'s dtype.
@@ -183,7 +187,9 @@ def warp(
       "(which rescales its pixel values) or the image first."
     )
   grid = displacement_to_grid(disp, align_corners=align_corners)
-  return sampling.sample(U, grid, kernel, padding_mode=padding_mode, align_corners=align_corners)
+  return sampling.sample(
+    U, grid, kernel, padding_mode=padding_mode, align_corners=align_corners, antialias=antialias
+  )
 
 
 def compose(a: ArrayLike, b: ArrayLike, *, align_corners: bool = False) -> jax.Array:

@@ -113,7 +113,7 @@ def _taps(
   # Spatial axis j is read by grid component ndim - 1 - j: x (component 0) runs along the
   # last spatial axis, as in PyTorch.
   coords = [
-    grids.unnormalize(g[..., ndim - 1 - j], size, align_corners) for j, size in enumerate(spatial)
+    _unnormalize(g[..., ndim - 1 - j], size, align_corners) for j, size in enumerate(spatial)
   ]
   unreadable = functools.reduce(operator.or_, [jnp.isnan(v) for v in coords])
   if padding_mode == "reflection":
@@ -155,6 +155,21 @@ def _taps(
   index = [[i for i, _ in axis] for axis in hits]
   valid = [[ok for _, ok in axis] for axis in hits]
   return weights, index, (valid, readable)
+
+
+def _unnormalize(coord: jax.Array, size: int, align_corners: bool) -> jax.Array:
+  """``grids.unnormalize``, with a one-pixel axis under ``align_corners`` made explicit.
+
+  Convention:
+    There the scale ``(size - 1) / 2`` is 0: every finite coordinate is the pixel's, 0. An
+    infinite one stays infinite (``(inf + 1) * 0`` would be NaN, read as "no point"), so
+    the padding rules for infinite coordinates apply: ``"zeros"`` reads 0, ``"border"``
+    the pixel (the limit of every finite coordinate), ``"reflection"`` 0. The compiled
+    kernels' ``PixelCoordinate`` does the same.
+  """
+  if align_corners and size == 1:
+    return jnp.where(jnp.isfinite(coord), jnp.zeros_like(coord), coord)
+  return grids.unnormalize(coord, size, align_corners)
 
 
 def _flat_index(per_axis: list[jax.Array], spatial: tuple[int, ...]) -> jax.Array:

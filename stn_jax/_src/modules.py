@@ -36,6 +36,7 @@ class Options:
   padding_mode: str
   align_corners: bool
   control_points: tuple[tuple[float, ...], ...] | None
+  antialias: bool = False
 
   @property
   def ndim(self) -> int:
@@ -65,6 +66,7 @@ def check_options(
   padding_mode: str,
   align_corners: bool,
   control_points: ArrayLike | None,
+  antialias: bool = False,
 ) -> Options:
   """Validates the module options once, at construction, and normalises them."""
   validation.check_transform(transform)
@@ -84,6 +86,7 @@ def check_options(
   kernels_lib.resolve(kernel)  # raises on unknown kernels
   validation.check_padding_mode(padding_mode)
   align_corners = validation.check_align_corners(align_corners)
+  antialias = validation.check_flag(antialias, "antialias")
   validation.check_control_points_rule(transform, control_points)
   if control_points is not None:
     # identity_theta runs the core's checks (shape, distinct, not collinear).
@@ -92,7 +95,9 @@ def check_options(
     control_points = tuple(
       tuple(float(v) for v in point) for point in np.asarray(control_points, np.float64).tolist()
     )
-  return Options(transform, output_shape, kernel, padding_mode, bool(align_corners), control_points)
+  return Options(
+    transform, output_shape, kernel, padding_mode, bool(align_corners), control_points, antialias
+  )
 
 
 def identity_theta(options: Options, dtype=jnp.float32) -> jax.Array:
@@ -150,6 +155,7 @@ def warp_from_head(
     padding_mode=options.padding_mode,
     align_corners=options.align_corners,
     control_points=options.control_points_array(),
+    antialias=options.antialias,
   )
   return out, theta
 

@@ -26,7 +26,12 @@ code in ``gather.PADDING_CODES`` (the C++ constants are checked against it by
 
 The compiled library is optional: without it (or with ``STN_JAX_NATIVE=0`` in the
 environment, read at each trace) :func:`available` is False and ``sample`` uses the
-gather-based sampler everywhere.
+gather-based sampler everywhere. :func:`native_status` (public as
+``stn_jax.native_status``) says which path runs and why. ``STN_JAX_NATIVE_LIBRARY=/path/to/lib.so``
+loads another build of ``csrc/`` instead of the installed one (``scripts/sanitize.sh``).
+
+``vmap`` with an unbatched image and batched grids folds the grids' batch into the
+points (:func:`_batch_shared_image`), so one image is never copied per grid.
 """
 
 import ctypes
@@ -34,7 +39,9 @@ import functools
 import importlib.util
 import math
 import os
+import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,15 +63,39 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 @functools.cache
-def _load() -> bool:
-  """Loads the compiled kernels and registers them with XLA; False if not built."""
+def _load_result() -> tuple[bool, str]:
+  """Loads the compiled kernels and registers them with XLA: whether that worked, and how.
+
+  ``STN_JAX_NATIVE_LIBRARY``, a path to another build of ``csrc/`` (read once, at the first
+  load), replaces the installed one: ``scripts/sanitize.sh`` loads its AddressSanitizer
+  build this way without touching the package's own.
+  """
+  path = os.environ.get("STN_JAX_NATIVE_LIBRARY")
   spec = importlib.util.find_spec(_LIBRARY)
-  if spec is None or spec.origin is None:
-    return False
-  library = ctypes.CDLL(spec.origin)
-  for symbol in _TARGETS.values():
-    jax.ffi.register_ffi_target(symbol, jax.ffi.pycapsule(getattr(library, symbol)), "cpu")
-  return True
+  if not path and (spec is None or spec.origin is None):
+    return False, (
+      f"the compiled extension {_LIBRARY} is not built (installed without a C++ compiler, "
+      "or a source checkout without `python setup.py build_ext --inplace`); reinstall with "
+      "a C++17 compiler to build it"
+    )
+  path = path or spec.origin
+  try:
+    library = ctypes.CDLL(path)
+    for symbol in _TARGETS.values():
+      jax.ffi.register_ffi_target(symbol, jax.ffi.pycapsule(getattr(library, symbol)), "cpu")
+  except Exception as error:  # a broken build or a jaxlib it does not fit: fall back, say so
+    reason = (
+      f"the compiled extension {path} is built but cannot be loaded "
+      f"({type(error).__name__}: {error}); rebuild it against this jax/jaxlib"
+    )
+    warnings.warn(f"stn_jax uses the pure-JAX sampler: {reason}.", RuntimeWarning, stacklevel=2)
+    return False, reason
+  return True, f"the compiled kernels {path} are loaded"
+
+
+def _load() -> bool:
+  """Loads the compiled kernels and registers them with XLA; False if not built/loadable."""
+  return _load_result()[0]
 
 
 def available() -> bool:
@@ -72,6 +103,67 @@ def available() -> bool:
   if os.environ.get("STN_JAX_NATIVE", "1") == "0":
     return False
   return _load()
+
+
+class NativeStatus(NamedTuple):
+  """Whether the compiled CPU kernels run here (``available``), and why (``reason``)."""
+
+  available: bool
+  reason: str
+
+
+def native_status() -> NativeStatus:
+  """Whether :func:`stn_jax.sample` runs the compiled CPU kernels here, and if not, why.
+
+  ``available`` is True when the compiled extension is built and loads, ``STN_JAX_NATIVE``
+  is not ``0`` and the default JAX backend is the CPU (one device, or several: a
+  batch-sharded call runs the kernels on each shard, a spatially sharded one is gathered
+  first). Then
+  ``sample`` runs the kernels for every call they cover: ``kernel="bilinear"`` (trilinear
+  on volumes; with ``antialias=True`` too, for its reads), ``U`` of dtype float32 or
+  float64 with a grid of the same or a narrower float dtype (so the compute dtype is
+  ``U``'s), no empty spatial axis, and fewer than ``2**31`` elements in one example of
+  ``U``. Every other call, and every call when ``available`` is False, runs the pure-JAX
+  sampler: the same values and derivatives (to float round-off), slower on the CPU. The
+  environment variable is read each time a function is traced; the rest once per process.
+
+  Returns:
+    A :class:`stn_jax.NativeStatus` ``(available, reason)``: a bool and a sentence
+    saying why.
+
+  >>> import stn_jax
+  >>> status = stn_jax.native_status()
+  >>> status.available == stn_jax.native_available()
+  True
+  >>> isinstance(status.reason, str)
+  True
+  """
+  if os.environ.get("STN_JAX_NATIVE", "1") == "0":
+    return NativeStatus(False, "switched off: STN_JAX_NATIVE=0 is set in the environment")
+  loaded, reason = _load_result()
+  if not loaded:
+    return NativeStatus(False, reason)
+  backend = jax.default_backend()
+  if backend != "cpu":
+    return NativeStatus(
+      False,
+      f"the default backend is {backend!r}: the kernels are CPU code, so sample runs the "
+      "pure-JAX sampler there (only computations placed on the CPU use the kernels)",
+    )
+  return NativeStatus(True, reason)
+
+
+def native_available() -> bool:
+  """Whether :func:`stn_jax.sample` runs the compiled CPU kernels here.
+
+  ``native_status().available``; :func:`stn_jax.native_status` says why not, and which
+  calls the kernels cover.
+
+  >>> import stn_jax
+  >>> isinstance(stn_jax.native_available(), bool)
+  True
+  """
+  return native_status().available
 
 
 def usable(u: jax.Array, g: jax.Array) -> bool:
@@ -234,13 +326,43 @@ def _partitionable(name: str, ctx, args, attributes):
 
 
 def _batch(p: Primitive, args, dims, **params):
-  """vmap: every argument gets the batch axis in front (unbatched ones broadcast)."""
+  """vmap: every argument gets the batch axis in front (unbatched ones broadcast), except
+  an unbatched image ``U``, which is never copied: see :func:`_batch_shared_image`."""
+  if p is not u_vjp_p and dims[0] is None:
+    return _batch_shared_image(p, args, dims, **params)
   size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
   moved = [
     jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
     for a, d in zip(args, dims, strict=True)
   ]
   return p.bind(*moved, **params), 0
+
+
+def _batch_shared_image(p: Primitive, args, dims, **params):
+  """vmap with one image ``U`` (the first argument of ``fwd``, ``grid_jvp``, ``grid_vjp``)
+  and batched per-point arrays (grid, its tangent, the output's cotangent): the batch is
+  folded into the first spatial axis of the points, ``(B, N..., So_1, ...)`` ->
+  ``(N..., B * So_1, ...)``, so that one call reads the one ``U`` at all ``B`` grids'
+  points, and the output is unfolded. Broadcasting ``U`` instead would copy it ``B`` times
+  (``vmap`` over many grids of one image). ``U``'s cotangent needs nothing here: the
+  transpose of the folded ``fwd`` is one ``u_vjp`` over all the points, which sums the
+  ``B`` grids' contributions into the one ``dU``.
+  """
+  u, points = args[0], args[1:]
+  size = next(a.shape[d] for a, d in zip(points, dims[1:], strict=True) if d is not None)
+  moved = [
+    jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
+    for a, d in zip(points, dims[1:], strict=True)
+  ]
+  k = u.ndim - _ndim(moved[0]) - 1  # leading dims that U and the points share
+  first = moved[0].shape[k + 1]  # the points' first spatial axis, So_1
+
+  def fold(a):
+    a = jnp.moveaxis(a, 0, k)  # (N..., B, So_1, ..., last): free when k == 0
+    return a.reshape(a.shape[:k] + (size * first,) + a.shape[k + 2 :])
+
+  out = p.bind(u, *map(fold, moved), **params)
+  return out.reshape(out.shape[:k] + (size, first) + out.shape[k + 1 :]), k
 
 
 fwd_p = _define("fwd", _shape_fwd, _ref_fwd, linear=(0,))

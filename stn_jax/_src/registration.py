@@ -29,6 +29,7 @@ class Options:
   kernel: "str | kernels_lib.Kernel"
   padding_mode: str
   align_corners: bool
+  antialias: bool = False
 
 
 def check_options(
@@ -37,6 +38,7 @@ def check_options(
   kernel: "str | kernels_lib.Kernel",
   padding_mode: str,
   align_corners: bool,
+  antialias: bool = False,
 ) -> Options:
   if spatial_dims not in (2, 3):
     raise ValueError(f"spatial_dims must be 2 or 3; got {spatial_dims!r}.")
@@ -47,7 +49,12 @@ def check_options(
     )
   validation.check_padding_mode(padding_mode)
   return Options(
-    spatial_dims, steps, kernels_lib.resolve(kernel), padding_mode, bool(align_corners)
+    spatial_dims,
+    steps,
+    kernels_lib.resolve(kernel),
+    padding_mode,
+    bool(align_corners),
+    validation.check_flag(antialias, "antialias"),
   )
 
 
@@ -82,5 +89,6 @@ def field_and_warp(
     options.kernel,
     padding_mode=options.padding_mode,
     align_corners=options.align_corners,
+    antialias=options.antialias,
   )
   return warped, disp

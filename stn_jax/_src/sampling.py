@@ -68,6 +68,11 @@ def sample(
   raise a ``TypeError`` saying to cast. An image with ``H == 0`` or ``W == 0`` (a volume
   with any spatial size 0) samples 0.
 
+  Which path runs: bilinear (trilinear) sampling of a float32/float64 ``U`` (with a grid
+  of no wider dtype) runs compiled C++ kernels on the CPU where they are built; every
+  other call, and every call on a GPU/TPU, the pure-JAX sampler, with the same values and
+  derivatives. :func:`stn_jax.native_status` says whether the kernels run here, and why not.
+
   Convention:
     ``U`` is ``(..., H, W, C)`` (channels-last). ``grid[..., 0]`` is x (along ``W``),
     ``grid[..., 1]`` is y (along ``H``), normalised so that ``[-1, 1]`` spans ``U``
@@ -86,11 +91,13 @@ def sample(
     padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"``.
     align_corners: PyTorch's meaning; use the same value as for the grid.
     antialias: low-pass filter ``U`` to each output point's footprint before reading it,
-      so that a zooming-out grid does not alias (images only). The footprint comes from
-      the grid's own finite differences; the point is read from a mip pyramid of ``U`` at
-      up to 4 probes over the footprint. Where the footprint is at most one input pixel
-      (identity, rotation, zoom-in) the result is exactly that of ``antialias=False``.
-      Differentiable w.r.t. ``U`` and ``grid`` (and so ``theta``), forward and reverse.
+      so that a zooming-out grid does not alias (images and volumes; ``U`` must be
+      float). The footprint comes from the grid's own finite differences; the point is
+      read from a mip pyramid of ``U`` (2x2, or 2x2x2, box levels) at up to 4 probes over
+      the footprint, each level read with ``kernel``. Where the footprint is at most one
+      input pixel (identity, rotation, zoom-in) the result is exactly that of
+      ``antialias=False``. Differentiable w.r.t. ``U`` and ``grid`` (and so ``theta``),
+      forward and reverse. The method: :mod:`stn_jax._src.antialias`.
 
   Returns:
     ``(..., Ho, Wo, C)`` (volumes: ``(..., Do, Ho, Wo, C)``) array of ``U``'s dtype.
@@ -101,24 +108,53 @@ def sample(
   Array([[3.5 , 0.25]], dtype=float32)
   >>> sample(U, grid, padding_mode="border")[..., 0]
   Array([[3.5, 1. ]], dtype=float32)
+  >>> stripes = jnp.tile(jnp.array([0.0, 1.0], jnp.float32), 4).reshape(1, 8, 1)  # 0 1 0 1 ..
+  >>> two = jnp.array([[[-0.375, 0.0], [0.625, 0.0]]], jnp.float32)  # pixels 2 and 6
+  >>> sample(stripes, two)[..., 0]  # plain sampling aliases: it sees only the 0s
+  Array([[0., 0.]], dtype=float32)
+  >>> sample(stripes, two, antialias=True)[..., 0]  # the mean over each 4-pixel footprint
+  Array([[0.5, 0.5]], dtype=float32)
   >>> volume = jnp.arange(8, dtype=jnp.float32).reshape(2, 2, 2, 1)  # (D, H, W, C)
   >>> points = jnp.array([[[[0.0, 0.0, 0.0], [0.0, 0.0, 0.5]]]], jnp.float32)  # (1, 1, 2, 3)
   >>> sample(volume, points)[..., 0]  # the centre; the centre of the back slice (z = 1)
   Array([[[3.5, 5.5]]], dtype=float32)
   """
+  return sample_with_options(
+    U, grid, kernel, padding_mode=padding_mode, align_corners=align_corners, antialias=antialias
+  )
+
+
+def sample_with_options(
+  U: ArrayLike,
+  grid: ArrayLike,
+  kernel: "str | kernels_lib.Kernel" = "bilinear",
+  *,
+  padding_mode: str = "zeros",
+  align_corners: bool = False,
+  antialias: bool = False,
+  max_anisotropy: int = antialias_lib.MAX_ANISOTROPY,
+) -> jax.Array:
+  """:func:`sample`, plus the antialiasing's probe count (benchmarks sweep it).
+
+  ``max_anisotropy``: probes per point over an anisotropic footprint, a positive Python
+  int; 1 gives plain trilinear mip-mapping (cheapest; blurs long footprints across).
+  """
   validation.check_padding_mode(padding_mode)
   kernel = kernels_lib.resolve(kernel)
+  n_probes = antialias_lib.check_max_anisotropy(max_anisotropy)
   U = jnp.asarray(U)
   grid = jnp.asarray(grid)
   ndim = _check_layout(U, grid)
   if jnp.issubdtype(U.dtype, jnp.complexfloating):
     dtypes.float_dtype(U.dtype, name="U")  # raises, saying what to do
   image_is_float = jnp.issubdtype(U.dtype, jnp.floating)
-  if not image_is_float and kernel != "nearest":
+  if not image_is_float and (kernel != "nearest" or antialias):
     name = kernel if isinstance(kernel, str) else "a Kernel"
+    what = "antialias=True averages pixels" if antialias else f"kernel {name!r} interpolates"
     raise TypeError(
-      f"kernel {name!r} interpolates, so U must be a float array; got dtype {U.dtype}. "
-      "Cast it first (U.astype(jnp.float32)) or use kernel='nearest', which keeps the dtype."
+      f"{what}, so U must be a float array; got dtype {U.dtype}. Cast it first "
+      "(U.astype(jnp.float32)) or use kernel='nearest' without antialias, which keeps the "
+      "dtype."
     )
   if image_is_float:
     compute = dtypes.float_dtype(U.dtype, grid.dtype, name="U and grid")
@@ -126,18 +162,10 @@ def sample(
     compute = dtypes.float_dtype(grid.dtype, name="grid")
 
   def core(u: jax.Array, g: jax.Array) -> jax.Array:
-    return native.sample_one(u, g.astype(compute), kernel, padding_mode, align_corners)
-
-  if antialias:
-    if ndim != 2 or not image_is_float:
-      raise (TypeError if ndim == 2 else ValueError)(
-        "antialias=True filters images: it needs a float U and a (..., Ho, Wo, 2) grid; got "
-        f"dtype {U.dtype} and grid {grid.shape}. Cast U to float; for volumes use "
-        "antialias=False (antialiased volume sampling is not implemented yet)."
-      )
-
-    def core(u: jax.Array, g: jax.Array) -> jax.Array:
-      return antialias_lib.sample_one(u, g.astype(compute), kernel, padding_mode, align_corners)
+    g = g.astype(compute)
+    if antialias:
+      return antialias_lib.sample_one(u, g, kernel, padding_mode, align_corners, n_probes)
+    return native.sample_one(u, g, kernel, padding_mode, align_corners)
 
   return batching.vmap_leading(core, [U, grid], [ndim + 1, ndim + 1], ["U", "grid"])
 
@@ -192,7 +220,7 @@ def warp(
     padding_mode: as in :func:`stn_jax.sample`.
     align_corners: used for both the grid and the sampling.
     control_points: TPS sources, as in :func:`stn_jax.make_grid`.
-    antialias: as in :func:`stn_jax.sample` (images only).
+    antialias: as in :func:`stn_jax.sample`.
 
   Returns:
     ``(..., Ho, Wo, C)`` (or ``(..., Do, Ho, Wo, C)``).

@@ -84,9 +84,18 @@ def check_align_corners(align_corners: Any) -> bool:
   >>> check_align_corners(np.bool_(True))
   True
   """
-  if not isinstance(align_corners, bool | np.bool_):
-    raise TypeError(f"align_corners must be a bool; got {type(align_corners).__name__}.")
-  return bool(align_corners)
+  return check_flag(align_corners, "align_corners")
+
+
+def check_flag(value: Any, name: str) -> bool:
+  """A boolean option (``align_corners``, ``antialias``) as a Python bool, else ``TypeError``.
+
+  >>> check_flag(np.bool_(False), "antialias")
+  False
+  """
+  if not isinstance(value, bool | np.bool_):
+    raise TypeError(f"{name} must be a bool; got {type(value).__name__}.")
+  return bool(value)
 
 
 def _positive_pair(value: Any) -> tuple[int, int] | None:

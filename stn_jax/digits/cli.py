@@ -112,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
   )
   train.add_argument("--model", choices=MODELS, default="st-cnn", help="default st-cnn")
   train.add_argument("--transform", choices=TRANSFORMS, default="affine", help="default affine")
+  train.add_argument(
+    "--st-output", type=_positive, default=28, help="side of the transformer's view (default 28)"
+  )
+  train.add_argument(
+    "--antialias",
+    action="store_true",
+    help="the transformer samples with antialias=True (st- models; matters when it zooms out)",
+  )
   train.add_argument("--steps", type=_positive, default=2000, help="default 2000")
   train.add_argument("--batch-size", type=_positive, default=128, help="default 128")
   train.add_argument(
@@ -183,6 +191,8 @@ def _config(args: argparse.Namespace):
       task=args.task,
       model=args.model,
       transform=args.transform,
+      st_output=args.st_output,
+      antialias=args.antialias,
       steps=args.steps,
       batch_size=args.batch_size,
       lr=args.lr,

@@ -129,6 +129,9 @@ class Classifier(nnx.Module):
     input_shape: ``(H, W)`` of the images.
     model: one of :data:`MODELS`.
     transform: the transformer's family (``"st-"`` models only).
+    st_output_shape: ``(Ho, Wo)`` the transformer samples (``"st-"`` models only); smaller
+      than the digit's extent in the input makes it zoom out.
+    antialias: the transformer samples with ``antialias=True`` (``"st-"`` models only).
     rngs: NNX random streams.
 
   Attributes:
@@ -151,16 +154,25 @@ class Classifier(nnx.Module):
     *,
     model: str = "cnn",
     transform: str = "affine",
+    st_output_shape: Sequence[int] = ST_OUTPUT_SHAPE,
+    antialias: bool = False,
     rngs: nnx.Rngs,
   ):
     if model not in MODELS:
       raise ValueError(f"unknown model {model!r}; expected one of {MODELS}.")
+    if antialias and not model.startswith("st-"):
+      raise ValueError(f"antialias applies to the transformer of an 'st-' model; got {model!r}.")
     if model.startswith("st-"):
       localisation = stn_nnx.LocalisationNet(1, features=32, rngs=rngs)
+      shape = tuple(st_output_shape)
       self.stn = stn_nnx.SpatialTransformer(
-        localisation, 32, transform=transform, output_shape=ST_OUTPUT_SHAPE, rngs=rngs
+        localisation,
+        32,
+        transform=transform,
+        output_shape=shape,
+        antialias=antialias,
+        rngs=rngs,
       )
-      shape = ST_OUTPUT_SHAPE
     else:
       self.stn = None
       shape = tuple(input_shape)

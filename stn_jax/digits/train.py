@@ -50,6 +50,7 @@ another. Orbax writes the checkpoints collectively; only process 0 writes
 Needs the ``demo`` extra (orbax-checkpoint, tqdm, matplotlib, scikit-learn).
 """
 
+import collections
 import dataclasses
 import functools
 import json
@@ -100,6 +101,9 @@ class Config:
     task: a :data:`stn_jax.digits.datasets.TASKS` distortion.
     model: one of :data:`MODELS` (``"cnn"``, ``"st-cnn"``, ``"fcn"``, ``"st-fcn"``).
     transform: the transformer's family (``"st-"`` models only).
+    st_output: side of the square view the transformer samples (``"st-"`` models only);
+      the paper's 28. Smaller makes the transformer zoom out.
+    antialias: the transformer samples with ``antialias=True`` (``"st-"`` models only).
     steps: optimisation steps.
     batch_size: examples per step.
     lr: peak learning rate; ``None`` takes :data:`DEFAULT_LR` for the model.
@@ -119,6 +123,8 @@ class Config:
   task: str = "rts"
   model: str = "st-cnn"
   transform: str = "affine"
+  st_output: int = 28
+  antialias: bool = False
   steps: int = 2000
   batch_size: int = 128
   lr: float | None = None
@@ -139,11 +145,14 @@ class Config:
 
     for name, allowed in (("task", datasets.TASKS), ("model", MODELS), ("transform", TRANSFORMS)):
       check(getattr(self, name) in allowed, f"{name} must be one of {allowed}", getattr(self, name))
-    for name in ("steps", "batch_size", "test_copies", "checkpoint_every", "log_every"):
+    positive = ("st_output", "steps", "batch_size", "test_copies", "checkpoint_every", "log_every")
+    for name in positive:
       check(getattr(self, name) >= 1, f"{name} must be >= 1", getattr(self, name))
     check(self.warmup_steps >= 0, "warmup_steps must be >= 0", self.warmup_steps)
     check(self.lr is None or self.lr > 0, "lr must be > 0", self.lr)
     check(self.loc_lr_scale > 0, "loc_lr_scale must be > 0", self.loc_lr_scale)
+    st = self.model.startswith("st-")
+    check(st or not self.antialias, "antialias needs an 'st-' model", self.model)
 
   @property
   def peak_lr(self) -> float:
@@ -157,7 +166,12 @@ def create_model(config: Config) -> Classifier:
   """The classifier for ``config``, initialised from ``config.seed``."""
   shape = datasets.IMAGE_SHAPES[config.task]
   return Classifier(
-    shape, model=config.model, transform=config.transform, rngs=nnx.Rngs(config.seed)
+    shape,
+    model=config.model,
+    transform=config.transform,
+    st_output_shape=(config.st_output, config.st_output),
+    antialias=config.antialias,
+    rngs=nnx.Rngs(config.seed),
   )
 
 
@@ -578,25 +592,57 @@ def train_loop(
   digits, labels = jnp.asarray(data["digits"]), jnp.asarray(data["labels"])
   key = jax.random.fold_in(jax.random.key(config.seed), 1)
   start, tick, timed = int(state.step), time.perf_counter(), 0
+  finished = None if bar is None else _FinishedSteps(bar)
   for done in range(start + 1, end + 1):
     state, metrics = step_fn(state, digits, labels, key)
     log.pending.append((metrics["loss"], metrics["correct"]))
+    if finished is not None:
+      finished.dispatched(metrics["loss"])
     if done % config.log_every == 0 or done == config.steps:
       entry = log.close_window(done, config.batch_size)
       if bar is not None:
         bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['accuracy']:.4f}")
     if done % config.checkpoint_every == 0 or done == config.steps:
       _save_state(mngr, state, log, config)
-    if bar is not None:
-      bar.update(1)
     if done == start + 1:
       # The first step compiles; time the rest.
       jax.block_until_ready(state.params)
       tick = time.perf_counter()
     else:
       timed += 1
+  if finished is not None:
+    finished.drain()
   jax.block_until_ready(state.params)
   return state, (timed / (time.perf_counter() - tick) if timed else None)
+
+
+class _FinishedSteps:
+  """Advances a progress bar as training steps finish, not as they are dispatched.
+
+  JAX returns from a step as soon as it is queued, so a bar advanced per call races ahead
+  of the device and then stalls wherever the loop waits for results (each logging step),
+  and its rate and ETA swing. Here the bar counts a step when its output (``marker``, e.g.
+  the loss) is ready: ready ones are counted as seen, and the loop waits for step
+  ``i - lag`` after dispatching step ``i``, so at most ``lag`` steps are ahead of the bar
+  and the queue stays full (the host dispatches while the device runs the queued steps).
+  """
+
+  def __init__(self, bar: Any, lag: int = 2):
+    self.bar, self.lag = bar, lag
+    self.queue: collections.deque = collections.deque()
+
+  def dispatched(self, marker: Any) -> None:
+    """Step dispatched; ``marker`` is an output of it, ready when the step is done."""
+    self.queue.append(marker)
+    while self.queue and (len(self.queue) > self.lag or self.queue[0].is_ready()):
+      self.queue.popleft().block_until_ready()
+      self.bar.update(1)
+
+  def drain(self) -> None:
+    """Waits for every dispatched step, counting each as it finishes."""
+    while self.queue:
+      self.queue.popleft().block_until_ready()
+      self.bar.update(1)
 
 
 def _progress_bar(config: Config, start: int, show: bool):

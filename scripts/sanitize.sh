@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Builds the compiled kernels (csrc/) with AddressSanitizer and UndefinedBehaviorSanitizer
+# and runs the native tests, the hostile-input tests and the differential fuzz
+# (tests/test_native_fuzz.py, many examples, new ones each run) against that build.
+#
+#   scripts/sanitize.sh                    # from the repository root, in the dev environment
+#   STN_JAX_FUZZ_EXAMPLES=1000 scripts/sanitize.sh
+#   PYTHON=.venv/bin/python SANITIZE_DIR=/tmp/stn-asan scripts/sanitize.sh
+#
+# The sanitized library goes to $SANITIZE_DIR (default: a fresh temporary directory), never
+# over the package's own _bilinear_cpu*.so; the tests load it through
+# STN_JAX_NATIVE_LIBRARY (stn_jax/_src/native.py). Python is not built with ASan, so
+# libasan is preloaded (it must be the first library loaded), leak checking is off (the
+# interpreter leaks by design) and each sanitizer writes its reports to files, which this
+# script prints: a report inside a test would otherwise die with pytest's captured stderr.
+# A canary (an out-of-bounds read and a NaN-to-int cast in a tiny library built the same
+# way) first proves that both sanitizers report under this Python host at all.
+#
+# Exit status 0: no sanitizer report and every test passed. Needs g++ with libasan/libubsan.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python}"
+CXX="${CXX:-g++}"
+OUT="${SANITIZE_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/stn-jax-sanitize.XXXXXX")}"
+mkdir -p "$OUT"
+rm -f "$OUT"/asan.* "$OUT"/ubsan.*
+
+INCLUDE="$("$PYTHON" -c 'import jax; print(jax.ffi.include_dir())')"
+# -fsanitize=undefined leaves out float-cast-overflow in GCC: add it (an out-of-range or
+# NaN float to int32 cast is undefined, and the kernels cast coordinates). The math flags
+# are the release build's (setup.py), so the same code is checked.
+FLAGS=(-std=c++17 -O1 -g -fno-omit-frame-pointer -fPIC -shared
+  -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all
+  -fno-trapping-math -fno-math-errno)
+
+# Rebuilt only when csrc/ is newer than the build in $OUT (minutes on a busy machine).
+if [ -z "$(find "$OUT/_bilinear_cpu.so" -newer "$ROOT/csrc/bilinear.cc" 2>/dev/null)" ] ||
+  [ -z "$(find "$OUT/_bilinear_cpu.so" -newer "$ROOT/csrc/bilinear_passes.inc" 2>/dev/null)" ]; then
+  echo "== building $OUT/_bilinear_cpu.so with ASan + UBSan"
+  "$CXX" "${FLAGS[@]}" -I"$INCLUDE" "$ROOT/csrc/bilinear.cc" -o "$OUT/_bilinear_cpu.so.tmp"
+  mv "$OUT/_bilinear_cpu.so.tmp" "$OUT/_bilinear_cpu.so"
+else
+  echo "== reusing $OUT/_bilinear_cpu.so (newer than csrc/)"
+fi
+
+LIBASAN="$("$CXX" -print-file-name=libasan.so)"
+run_sanitized() {
+  LD_PRELOAD="$LIBASAN" \
+    ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:log_path=$OUT/asan" \
+    UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$OUT/ubsan" \
+    STN_JAX_NATIVE_LIBRARY="$OUT/_bilinear_cpu.so" \
+    "$@"
+}
+
+report() {
+  local found=0
+  for f in "$OUT"/asan.* "$OUT"/ubsan.*; do
+    [ -e "$f" ] || continue
+    found=1
+    echo "---- sanitizer report $f"
+    cat "$f"
+  done
+  return $found
+}
+
+echo "== canary: both sanitizers must report a planted bug"
+cat > "$OUT/canary.cc" <<'EOF'
+#include <cstdint>
+extern "C" int oob(int i) { int* a = new int[4](); int r = a[i]; delete[] a; return r; }
+extern "C" int32_t cast(double x) { return static_cast<int32_t>(x); }
+EOF
+"$CXX" "${FLAGS[@]}" "$OUT/canary.cc" -o "$OUT/canary.so"
+for call in "oob(4)" "cast(float('nan'))"; do
+  if run_sanitized "$PYTHON" -c "import ctypes; ctypes.CDLL('$OUT/canary.so').$call" \
+    2>/dev/null; then
+    echo "FAIL: the canary $call ran without a sanitizer stopping it"; exit 1
+  fi
+  if report > /dev/null; then
+    echo "FAIL: the canary $call left no sanitizer report in $OUT"; exit 1
+  fi
+  echo "canary $call: reported"
+  rm -f "$OUT"/asan.* "$OUT"/ubsan.*
+done
+
+echo "== tests against the sanitized kernels"
+cd "$ROOT"
+status=0
+STN_JAX_FUZZ_EXAMPLES="${STN_JAX_FUZZ_EXAMPLES:-300}" STN_JAX_FUZZ_RANDOM=1 \
+  run_sanitized "$PYTHON" -m pytest -n 0 -q -p no:cacheprovider -o addopts="-ra" \
+  tests/test_sanitizers.py \
+  tests/test_native.py tests/test_native_volumes.py tests/test_native_fuzz.py \
+  tests/test_hostile_inputs.py \
+  tests/test_sampling.py::test_nan_coordinates_read_zero_in_every_mode_with_zero_gradient \
+  tests/test_sampling.py::test_infinite_and_huge_coordinates \
+  tests/test_sampling.py::test_empty_image_and_empty_grid \
+  tests/test_volumes.py::test_nan_inf_and_huge_coordinates \
+  tests/test_volumes.py::test_zero_size_axes_and_empty_grids || status=$?
+
+if ! report; then
+  echo "FAIL: sanitizer reports above"; exit 1
+fi
+if [ "$status" -ne 0 ]; then
+  echo "FAIL: tests failed (exit $status) with no sanitizer report"; exit "$status"
+fi
+echo "OK: no sanitizer report, every test passed ($OUT)"

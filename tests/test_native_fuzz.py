@@ -1,0 +1,200 @@
+"""A differential fuzz of the compiled kernels against the pure-JAX sampler (hypothesis).
+
+Drawn as a new user's stress test would: images and volumes of every small size (one-pixel
+and zero-size axes included), zero to three channels, float32 and float64, inputs that
+arrive as transposed or strided NumPy views or are transposed inside ``jit``, huge, NaN and
+infinite coordinates, NaN and infinite pixels, every padding mode and ``align_corners``.
+Each example runs all four compiled passes (values, both gradients, the grid tangent) and
+the same derivatives of ``gather.sample_gather`` (vmapped over the batch, differentiated by
+JAX), and checks that the compiled side really ran the kernels.
+
+Tolerances come from the arithmetic, as in ``test_native_volumes.py``: a sample sums
+``2**d`` products of a tap value and ``d`` weights, each weight off by about
+``eps * (size + 1)``, so the error is at most ``gamma * sum_t |w_t v_t|`` with
+``gamma = eps * (2 * sum(size + 1) + 4 * 2**d)``; the derivatives get the same ``gamma``
+times a bound on the sum of the magnitudes of their terms. Non-finite results must agree
+exactly (NaN where NaN, the same infinity), except the grid tangent at a point that reads an
+infinite pixel, where the two sum infinities in different orders (NaN or +-inf): there they
+must both be non-finite.
+
+``STN_JAX_FUZZ_EXAMPLES`` sets the number of examples (default 16, so the default test run
+stays quick); ``scripts/sanitize.sh`` runs many more under AddressSanitizer and UBSan.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import strategies as st
+
+from stn_jax._src import gather, native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="compiled kernels not built")
+
+SETTINGS = settings(
+  max_examples=int(os.environ.get("STN_JAX_FUZZ_EXAMPLES", "16")),
+  deadline=None,
+  # Fixed examples in the default run (a red test names one that reproduces); the sanitizer
+  # script sets STN_JAX_FUZZ_RANDOM=1 to draw new ones each run.
+  derandomize=os.environ.get("STN_JAX_FUZZ_RANDOM", "0") != "1",
+  phases=[Phase.explicit, Phase.generate],
+  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+# Coordinates a careless caller produces: non-finite, huge, the clamp itself, the image
+# corners, just past them, and 0.
+SPECIAL_COORDS = [np.nan, np.inf, -np.inf, 1e30, -1e30, 2.0**24, -(2.0**24), 1.0, -1.0, 1.0000001]
+SPECIAL_PIXELS = [np.nan, np.inf, -np.inf]
+
+
+@st.composite
+def cases(draw):
+  d = draw(st.sampled_from(gather.SPATIAL_NDIMS))
+  spatial = tuple(draw(st.lists(st.sampled_from([0, 1, 1, 2, 3, 5]), min_size=d, max_size=d)))
+  out = tuple(draw(st.lists(st.integers(0, 4), min_size=d, max_size=d)))
+  return dict(
+    d=d,
+    spatial=spatial,
+    out=out,
+    batch=draw(st.integers(1, 2)),
+    channels=draw(st.sampled_from([0, 1, 1, 2, 3])),
+    dtype=draw(st.sampled_from([np.float32, np.float64])),
+    padding_mode=draw(st.sampled_from(gather.PADDING_MODES)),
+    align_corners=draw(st.booleans()),
+    layout=draw(st.sampled_from(["contiguous", "numpy view", "transposed in jit"])),
+    special_coords=draw(st.floats(0, 0.5)),
+    special_pixels=draw(st.floats(0, 0.1)),
+    seed=draw(st.integers(0, 2**31 - 1)),
+  )
+
+
+def _draw_arrays(case):
+  rng = np.random.default_rng(case["seed"])
+  dtype = case["dtype"]
+  u_shape = (case["batch"], *case["spatial"], case["channels"])
+  g_shape = (case["batch"], *case["out"], case["d"])
+  U = rng.normal(size=u_shape)
+  U[rng.random(u_shape) < case["special_pixels"]] = rng.choice(SPECIAL_PIXELS)
+  grid = rng.uniform(-1.5, 1.5, size=g_shape)
+  special = rng.random(g_shape) < case["special_coords"]
+  grid[special] = rng.choice(SPECIAL_COORDS, size=int(special.sum()))
+  R = rng.normal(size=g_shape[:-1] + (case["channels"],))
+  dgrid = rng.normal(size=g_shape)
+  return [x.astype(dtype) for x in (U, grid, R, dgrid)]
+
+
+def _derivatives(sample, transposed):
+  """V, dL/dU, dL/dgrid (for cotangent R) and the tangent of V along dgrid."""
+
+  def run(U, grid, R, dgrid):
+    if transposed:  # U arrives with its two outermost spatial axes swapped
+      U = jnp.swapaxes(U, 1, 2)
+    V, vjp = jax.vjp(sample, U, grid)
+    dU, dg = vjp(R)
+    tangent = jax.jvp(lambda g: sample(U, g), (grid,), (dgrid,))[1]
+    return V, dU, dg, tangent
+
+  return run
+
+
+def _assert_within(actual, expected, bound, what, same_non_finite=True):
+  """Within ``bound`` where finite; the same non-finite values (or, with
+  ``same_non_finite=False``, non-finite at the same places) elsewhere."""
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+  assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+  finite = np.isfinite(expected)
+  np.testing.assert_array_equal(np.isfinite(actual), finite, err_msg=what)
+  if same_non_finite:
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected), err_msg=what)
+    np.testing.assert_array_equal(actual[~finite], expected[~finite], err_msg=what)
+  err = np.abs(actual[finite].astype(np.float64) - expected[finite])
+  bound = np.broadcast_to(bound, expected.shape)[finite]
+  worst = int(np.argmax(err - bound)) if err.size else 0
+  assert np.all(err <= bound), (
+    f"{what}: |compiled - reference| = {err[worst]:.3g} > bound {bound[worst]:.3g} "
+    f"(compiled {actual[finite][worst]!r}, reference {expected[finite][worst]!r})"
+  )
+
+
+def _bounds(U, grid, R, dgrid, spatial, reference):
+  """Per-element error bounds for (V, dU, dgrid, tangent), from the magnitudes of terms."""
+  dtype = U.dtype
+  eps = float(np.finfo(dtype).eps)
+  gamma = eps * (2 * sum(s + 1 for s in spatial) + 4 * 2 ** len(spatial))
+  # Magnitudes from finite values only: where a non-finite value enters, the results
+  # must agree exactly (checked separately).
+  absU = np.where(np.isfinite(U), np.abs(U), 0).astype(np.float64)
+  absR = np.abs(R).astype(np.float64)
+  max_u = float(absU.max(initial=0))
+  slope = max(spatial, default=0) / 2 + 1
+  magnitude = np.asarray(reference(absU, grid.astype(np.float64)))
+  points = int(np.prod(grid.shape[1:-1]))
+  # A pixel of dU sums up to 2**d terms per output point of its example.
+  gamma_du = gamma + eps * 2 ** len(spatial) * points
+  scatter = jax.vjp(lambda u: reference(u, grid.astype(np.float64)), absU)[1](absR)[0]
+  tiny = np.finfo(dtype).tiny
+  return [
+    gamma * magnitude + tiny,
+    gamma_du * np.asarray(scatter) + tiny,
+    gamma * slope * 2 * max_u * absR.sum(-1, keepdims=True) + tiny,
+    gamma * slope * 2 * max_u * np.abs(dgrid).sum(-1, keepdims=True).astype(np.float64) + tiny,
+  ]
+
+
+# What the fuzz first found (issue 16): a one-pixel axis with align_corners=True and an
+# infinite coordinate made the kernels compute (inf + 1) * 0 = NaN.
+ONE_PIXEL_INF = dict(
+  d=2,
+  spatial=(1, 3),
+  out=(2, 3),
+  batch=1,
+  channels=1,
+  dtype=np.float32,
+  padding_mode="border",
+  align_corners=True,
+  layout="contiguous",
+  special_coords=0.5,
+  special_pixels=0.0,
+  seed=45,  # draws +-inf in y at finite x
+)
+
+
+@SETTINGS
+@given(case=cases())
+@example(case=ONE_PIXEL_INF)
+@example(case=dict(ONE_PIXEL_INF, padding_mode="zeros", d=3, spatial=(2, 1, 1), out=(1, 2, 3)))
+def test_compiled_passes_equal_the_reference(case):
+  U, grid, R, dgrid = _draw_arrays(case)
+  pm, ac = case["padding_mode"], case["align_corners"]
+
+  def compiled(u, g):
+    return native.sample_linear(u, g, pm, ac)
+
+  def reference(u, g):
+    return jax.vmap(lambda u, g: gather.sample_gather(u, g, "bilinear", pm, ac))(u, g)
+
+  transposed = case["layout"] == "transposed in jit"
+  args = [U, grid, R, dgrid]
+  if transposed:
+    args[0] = np.ascontiguousarray(np.swapaxes(U, 1, 2))
+  elif case["layout"] == "numpy view":
+    # Strided views: every other element of arrays twice as large, U's axes reversed twice.
+    args = [np.repeat(a, 2, axis=-1)[..., ::2] for a in args]
+    args[0] = np.moveaxis(np.moveaxis(args[0], -1, 0).copy(), 0, -1)
+  fast = jax.jit(_derivatives(compiled, transposed))
+  hlo = fast.lower(*args).as_text()
+  for target in ("StnBilinearFwd", "StnBilinearUVjp", "StnBilinearGridVjp", "StnBilinearGridJvp"):
+    assert target in hlo, f"{target} missing: the compiled path did not run its kernels"
+  got = fast(*args)
+  want = jax.jit(_derivatives(reference, False))(U, grid, R, dgrid)
+  bounds = _bounds(U, grid, R, dgrid, case["spatial"], reference)
+  names = ["V", "dU", "dgrid", "jvp in grid"]
+  for a, b, bound, name in zip(got, want, bounds, names, strict=True):
+    # The grid tangent at a point that reads an infinite pixel: the kernel sums the
+    # per-axis derivatives (each +-inf), JAX the per-tap weight tangents times the tap
+    # (one inf): NaN or +-inf, the same non-finite point either way.
+    _assert_within(a, b, bound, f"{name} for {case}", same_non_finite=name != "jvp in grid")
