@@ -134,6 +134,15 @@ for case, (U, g) in inputs.items():
     out[f"{key}_padded_equal"] = [bool(np.array_equal(a, b)) for a, b in zip(padded, single)]
     out[f"{key}_hlo_padded"] = kernels_and_collectives(jax.jit(constrained), u[:3], grid[:3])
 
+    # One image, a batch of grids: the batching folds the grids' batch into the points'
+    # first axis, and the pointwise passes keep that axis sharded (dU sums over all the
+    # points, so its inputs are gathered). Compared with one device here.
+    gs = jax.device_put(grid, batch)
+    shared = [jax.jit(both)(u[0], gs), jax.jit(both)(u[0], grid)]
+    out[f"{key}_shared_equal"] = [bool(np.array_equal(a, b)) for a, b in zip(*shared)]
+    out[f"{key}_shared_sharded"] = shared[0][0].sharding.is_equivalent_to(batch, grid.ndim)
+    out[f"{key}_hlo_shared"] = kernels_and_collectives(jax.jit(stn_jax.sample), u[0], gs)
+
 flat = {f"{k}_{i}": np.asarray(a) for k, v in arrays.items() for i, a in enumerate(v)}
 np.savez(f"{out_dir}/sharded_{devices}.npz", **flat)
 print("RESULT " + json.dumps(out))
@@ -235,3 +244,11 @@ def test_indivisible_batch_runs_the_kernels_on_padded_shards(result, case):
   info, _ = result
   assert info[f"{case}_padded_equal"] == [True, True, True]
   assert info[f"{case}_hlo_padded"][0] == KERNELS
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_one_image_with_sharded_grids_keeps_the_points_sharded(result, case):
+  info, _ = result
+  assert info[f"{case}_shared_equal"] == [True, True, True]
+  assert info[f"{case}_shared_sharded"]
+  assert info[f"{case}_hlo_shared"] == [["StnBilinearFwd"], []]

@@ -4,7 +4,9 @@ XLA's SPMD partitioner cannot split an opaque FFI call, so without a rule a batc
 ``sample`` would gather ``U`` and the grid onto every device. Here each kernel call is
 wrapped in :func:`jax.experimental.custom_partitioning` with a Shardy sharding rule: the
 leading (batch) dimensions that every operand and the result share are one factor each and
-may stay sharded; the spatial, channel and coordinate dimensions need replication. The
+may stay sharded, and so may the output points' axes in the passes that are pointwise in
+them (all but the ``U``-gradient, which sums over the points); the image's spatial axes,
+channels and coordinates need replication. The
 partition callback then runs the same FFI call on each device's slice of the batch, so a
 data-parallel step runs the kernels on each shard with no all-gather, in the forward and in
 both gradients (each of the four kernel passes maps a batch slice to the same batch slice).
@@ -67,12 +69,12 @@ def _factors(role: str, call: KernelCall) -> list[str]:
 
 def sharding_rule(call: KernelCall, mesh, value_types, result_types):
   """Shardy's rule: ``b0 .. s0 s1 c, b0 .. o0 o1 k -> b0 .. o0 o1 c`` for ``fwd`` in 2-D;
-  every factor but the leading ``b*`` needs replication.
+  every factor but the free ones (:func:`_free`) needs replication.
 
   >>> call = KernelCall("StnBilinearFwd", ROLES["fwd"], 2, 1, (6, 5, 3), "float32", ())
   >>> rule, special = sharding_rule(call, None, None, None)
   >>> rule, special["need_replication_factors"]
-  ('b0 s0 s1 c, b0 o0 o1 k -> b0 o0 o1 c', ('s0', 's1', 'c', 'o0', 'o1', 'k'))
+  ('b0 s0 s1 c, b0 o0 o1 k -> b0 o0 o1 c', ('s0', 's1', 'c', 'k'))
   """
   del mesh, value_types, result_types
   operands, result = call.roles
@@ -80,8 +82,16 @@ def sharding_rule(call: KernelCall, mesh, value_types, result_types):
   rule = f"{ins} -> {' '.join(_factors(result, call))}"
   # In order of first appearance: Shardy wants the special factors' indices sorted.
   every = dict.fromkeys(f for r in (*operands, result) for f in _factors(r, call))
-  replicated = tuple(f for f in every if not f.startswith("b"))
+  replicated = tuple(f for f in every if not _free(f, call))
   return rule, {"need_replication_factors": replicated}
+
+
+def _free(factor: str, call: KernelCall) -> bool:
+  """Whether a factor may stay sharded: the leading dims always; the output points' axes
+  where the pass is pointwise in them (all but ``u_vjp``, which sums over the points).
+  Points sharded along an axis are what ``vmap`` over many grids of one shared image
+  gives (its batching folds the grid batch into the points' first axis)."""
+  return factor.startswith("b") or (factor.startswith("o") and call.roles[1] != "image")
 
 
 def result_aval(avals: Sequence, shape: tuple[int, ...], dtype) -> jax.core.ShapedArray:
@@ -102,8 +112,11 @@ def result_aval(avals: Sequence, shape: tuple[int, ...], dtype) -> jax.core.Shap
 
 
 def _ffi(call: KernelCall, *arrays: jax.Array) -> jax.Array:
-  """The FFI call on (local) arrays: the result's leading dims are the operands'."""
+  """The FFI call on (local) arrays: the result's leading dims are the operands', and its
+  point axes (where it has them) the grid's."""
   shape = arrays[-1].shape[: call.lead] + call.tail
+  if call.roles[1] != "image":  # the result is per point: (lead, points..., last)
+    shape = arrays[1].shape[:-1] + call.tail[-1:]
   result = jax.ShapeDtypeStruct(shape, call.dtype)
   return jax.ffi.ffi_call(call.target, result)(*arrays, **dict(call.attributes))
 
@@ -117,15 +130,19 @@ def _batch_spec(sharding, lead: int) -> tuple:
 
 
 def partition(call: KernelCall, mesh, arg_shapes: Sequence, result_shape):
-  """Every operand and the result split like the result's leading dims, the rest whole."""
-  spec = _batch_spec(result_shape.sharding, call.lead)
+  """Every operand and the result split like the result along its free factors (see
+  :func:`_free`), whole along the rest."""
+  del arg_shapes
+  operands, result = call.roles
+  names = _factors(result, call)
+  spec = _batch_spec(result_shape.sharding, len(names))
+  axes = {f: a for f, a in zip(names, spec, strict=True) if _free(f, call)}
 
-  def batch_only(ndim: int) -> NamedSharding:
-    return NamedSharding(mesh, P(*spec, *(None,) * (ndim - call.lead)))
+  def sharding(role: str) -> NamedSharding:
+    return NamedSharding(mesh, P(*(axes.get(f) for f in _factors(role, call))))
 
-  arg_shardings = tuple(batch_only(len(a.shape)) for a in arg_shapes)
   lower = functools.partial(_ffi, call)
-  return mesh, lower, batch_only(len(result_shape.shape)), arg_shardings
+  return mesh, lower, sharding(result), tuple(sharding(r) for r in operands)
 
 
 @functools.partial(custom_partitioning, static_argnums=(0,))
