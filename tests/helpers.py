@@ -1,5 +1,10 @@
 """Helpers shared by the test modules (imported as ``helpers``; fixtures live in conftest)."""
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 
 # Tolerances by dtype, one table for the suite: float64 results are compared to float64
@@ -27,3 +32,26 @@ def assert_close(actual, expected, what, rtol=None, atol=None):
   if atol is not None:
     tol["atol"] = atol
   np.testing.assert_allclose(actual, expected, err_msg=what, **tol)
+
+
+def run_on_cpu_devices(script, args, devices, arrays_file, unset=("JAX_ENABLE_X64",)):
+  """Runs ``python -c script *args`` with ``devices`` simulated CPU devices (a fresh process:
+  the device count is fixed when JAX starts) and the variables in ``unset`` removed.
+
+  The script prints one line ``RESULT <json>`` and saves arrays to ``arrays_file``;
+  returns ``(that json, {name: array})``.
+  """
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  for name in unset:
+    env.pop(name, None)
+  proc = subprocess.run(
+    [sys.executable, "-c", script, *map(str, args)],
+    capture_output=True,
+    text=True,
+    timeout=900,
+    env=env,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (line,) = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+  arrays = np.load(arrays_file)
+  return json.loads(line.removeprefix("RESULT ")), {k: arrays[k] for k in arrays.files}

@@ -4,13 +4,9 @@ The step over a ``("batch",)`` mesh equals the single-device step to float32 rou
 and the library's sampler and grids keep a batch-sharded input sharded.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from helpers import run_on_cpu_devices
 
 SCRIPT = r"""
 import contextlib, io, json, sys
@@ -116,19 +112,7 @@ print("RESULT " + json.dumps(out))
 
 
 def _run(out, precision):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  env.pop("JAX_ENABLE_X64", None)
-  proc = subprocess.run(
-    [sys.executable, "-c", SCRIPT, str(out), precision],
-    capture_output=True,
-    text=True,
-    timeout=900,
-    env=env,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  (line,) = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-  arrays = np.load(out / f"params_{precision}.npz")
-  return json.loads(line.removeprefix("RESULT ")), {k: arrays[k] for k in arrays.files}
+  return run_on_cpu_devices(SCRIPT, [out, precision], 4, out / f"params_{precision}.npz")
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,9 @@ the grid passes per output point, the U-gradient scatter per example into its ow
 image), so splitting the batch changes which device computes an entry, never how.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, run_on_cpu_devices
 
 SCRIPT = r"""
 import json, os, re, sys
@@ -155,20 +150,8 @@ SIZES = {"2d": (12, 10), "3d": (8, 6, 7)}  # U's spatial shape in SCRIPT
 
 
 def _run(out, devices):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  env.pop("JAX_ENABLE_X64", None)
-  env.pop("STN_JAX_NATIVE", None)
-  proc = subprocess.run(
-    [sys.executable, "-c", SCRIPT, str(out), str(devices)],
-    capture_output=True,
-    text=True,
-    timeout=900,
-    env=env,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  (line,) = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-  arrays = np.load(out / f"sharded_{devices}.npz")
-  return json.loads(line.removeprefix("RESULT ")), {k: arrays[k] for k in arrays.files}
+  unset = ("JAX_ENABLE_X64", "STN_JAX_NATIVE")
+  return run_on_cpu_devices(SCRIPT, [out, devices], devices, out / f"sharded_{devices}.npz", unset)
 
 
 @pytest.fixture(scope="module")
