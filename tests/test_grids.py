@@ -239,6 +239,30 @@ def test_pixel_normalised_round_trip_and_corners(rng, align_corners):
   np.testing.assert_allclose(corners, expected)
 
 
+def test_one_pixel_axis_maps_every_finite_coordinate_to_the_pixel_and_keeps_inf():
+  # align_corners on a one-pixel axis: scale (1 - 1) / 2 = 0, so (inf + 1) * 0 would be NaN.
+  # The x axis (W = 1) is the one-pixel axis; y (H = 3) is ordinary.
+  xs = np.array([-np.inf, -1e30, -1.0, 0.3, 1.0, 1e30, np.inf])
+  points = np.stack([xs, np.zeros_like(xs)], -1)
+  out = np.asarray(stn_jax.normalized_to_pixel(points, (3, 1), align_corners=True))
+  np.testing.assert_array_equal(out[:, 0], [-np.inf, 0, 0, 0, 0, 0, np.inf])
+  np.testing.assert_array_equal(out[:, 1], np.ones_like(xs))
+  # Without align_corners the axis is the ordinary ((x + 1) * 1 - 1) / 2.
+  out = np.asarray(stn_jax.normalized_to_pixel(points, (3, 1), align_corners=False))
+  np.testing.assert_array_equal(out[:, 0], ((xs + 1) - 1) / 2)
+
+
+def test_antialiased_sampling_on_a_one_pixel_axis_with_infinite_coordinates():
+  # The antialias path unnormalises the grid for its footprint too (grids.unnormalize): an
+  # infinite x on a one-pixel axis reads the border pixel under "border", 0 under "zeros".
+  U = jnp.array([[[2.0], [5.0], [7.0]]])  # (1, 3, 1): H = 1, W = 3
+  U = jnp.swapaxes(U, 0, 1)  # (3, 1, 1): H = 3, W = 1
+  grid = jnp.array([[[np.inf, 0.0], [-np.inf, 0.0], [0.5, 0.0]]])  # (1, 3, 2), y = 0: row 1
+  for padding_mode, expected in (("border", [5.0, 5.0, 5.0]), ("zeros", [0.0, 0.0, 5.0])):
+    V = stn_jax.sample(U, grid, padding_mode=padding_mode, align_corners=True, antialias=True)
+    np.testing.assert_array_equal(np.asarray(V)[0, :, 0], expected)
+
+
 def test_compose_and_invert(rng):
   a = np.eye(2, 3) + 0.3 * rng.normal(size=(2, 3))
   b = np.eye(2, 3) + 0.3 * rng.normal(size=(2, 3))

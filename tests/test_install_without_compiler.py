@@ -20,9 +20,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SMOKE = """
 import jax, jax.numpy as jnp, numpy as np, stn_jax
-from stn_jax._src import native
 assert stn_jax.__file__.startswith({site!r}), stn_jax.__file__
-assert not native.available(), "the wheel was built without a compiler, yet kernels load"
+status = stn_jax.native_status()
+assert not status.available, "the wheel was built without a compiler, yet kernels load"
+assert "not built" in status.reason, status.reason
 U = jnp.arange(12.0, dtype=jnp.float32).reshape(3, 4, 1)
 # Identity, then half a pixel to the right (align_corners=False): x in pixels + 0.5.
 V = stn_jax.warp(U, jnp.eye(2, 3, dtype=jnp.float32))
@@ -34,7 +35,7 @@ np.testing.assert_allclose(stn_jax.sample(U, grid)[..., 0], expected, rtol=1e-6)
 g = jax.grad(lambda u: jnp.sum(stn_jax.sample(u, grid)))(U)
 assert np.all(np.isfinite(g))
 assert "StnBilinear" not in jax.jit(stn_jax.sample).lower(U, grid).as_text()
-print("pure-JAX path OK; native available:", native.available())
+print("pure-JAX path OK; native available:", stn_jax.native_available())
 """
 
 

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stn_jax._src import native
+from stn_jax._src import grids, native
 
 # Probes along the major axis of an anisotropic footprint (EXT_texture_filter_anisotropic's
 # maxAnisotropy): a footprint up to this many times longer than wide is filtered at its width.
@@ -92,7 +92,7 @@ def sample_one(u, g, kernel, padding_mode, align_corners, n_probes=MAX_ANISOTROP
   cdt = g.dtype
   # Pixel coordinates in spatial-axis order (row first), whatever the grid's (x, y) order.
   pix = jnp.stack(
-    [_unnormalize(g[..., nd - 1 - a], spatial[a], align_corners) for a in range(nd)], -1
+    [grids.unnormalize(g[..., nd - 1 - a], spatial[a], align_corners) for a in range(nd)], -1
   )
   jac = _jacobian(pix)  # (*out, nd input axes, nd output axes)
   rho2 = jnp.sum(jac * jac, axis=-2)  # squared footprint length along each output axis
@@ -188,12 +188,6 @@ def _probe_offsets(n1, n2, n_probes, w2, rho2_max, rho2_minor, major_vec, minor_
       offsets.append((a * s1)[..., None] * major_vec + (b * s2)[..., None] * minor_vec)
   assert len(offsets) == n_probes
   return offsets
-
-
-def _unnormalize(coord: jax.Array, size: int, align_corners: bool) -> jax.Array:
-  if align_corners:
-    return (coord + 1) * ((size - 1) / 2)
-  return ((coord + 1) * size - 1) / 2
 
 
 def _jacobian(pix: jax.Array) -> jax.Array:

@@ -44,6 +44,10 @@ SPATIAL_NDIMS = (2, 3)
 # one tap's temporaries alive at a time in the backward as in the forward.
 _UNROLL_LIMIT = 16
 
+# Tangents (and so gradients) of products of up to this many taps (bilinear) stack them;
+# wider ones scan over them (:func:`_scanned_tangent` says why), unrolled or not forward.
+_STACK_LIMIT = 4
+
 
 def sample_gather(
   u: jax.Array,
@@ -120,7 +124,7 @@ def _taps(
   # Spatial axis j is read by grid component ndim - 1 - j: x (component 0) runs along the
   # last spatial axis, as in PyTorch.
   coords = [
-    g[..., ndim - 1 - j] if pixels else _unnormalize(g[..., ndim - 1 - j], size, align_corners)
+    g[..., ndim - 1 - j] if pixels else grids.unnormalize(g[..., ndim - 1 - j], size, align_corners)
     for j, size in enumerate(spatial)
   ]
   unreadable = functools.reduce(operator.or_, [jnp.isnan(v) for v in coords])
@@ -163,21 +167,6 @@ def _taps(
   index = [[i for i, _ in axis] for axis in hits]
   valid = [[ok for _, ok in axis] for axis in hits]
   return weights, index, (valid, readable)
-
-
-def _unnormalize(coord: jax.Array, size: int, align_corners: bool) -> jax.Array:
-  """``grids.unnormalize``, with a one-pixel axis under ``align_corners`` made explicit.
-
-  Convention:
-    There the scale ``(size - 1) / 2`` is 0: every finite coordinate is the pixel's, 0. An
-    infinite one stays infinite (``(inf + 1) * 0`` would be NaN, read as "no point"), so
-    the padding rules for infinite coordinates apply: ``"zeros"`` reads 0, ``"border"``
-    the pixel (the limit of every finite coordinate), ``"reflection"`` 0. The compiled
-    kernels' ``PixelCoordinate`` does the same.
-  """
-  if align_corners and size == 1:
-    return jnp.where(jnp.isfinite(coord), jnp.zeros_like(coord), coord)
-  return grids.unnormalize(coord, size, align_corners)
 
 
 def _flat_index(per_axis: list[jax.Array], spatial: tuple[int, ...]) -> jax.Array:
@@ -268,43 +257,53 @@ def _combine_taps_jvp(spatial, primals, tangents):
   flat_u, weights, index, valid = primals
   du, dweights, _, _ = tangents
   out = _combine_taps(flat_u, weights, index, valid, spatial)
-  cdt = weights[0][0].dtype
   taps_list = list(itertools.product(*(range(len(axis)) for axis in weights)))
-  has_du = not isinstance(du, SymbolicZero)
-  if len(taps_list) > _UNROLL_LIMIT:
-    tangent = None
-    if any(not isinstance(d, SymbolicZero) for axis in dweights for d in axis):
-      tangent = _scan_taps(flat_u, weights, _instantiate(dweights, weights), index, valid, spatial)
-    if has_du:
-      tangent = _accumulate(tangent, _combine_taps(du, weights, index, valid, spatial).astype(cdt))
-    if tangent is None:
-      return out, jnp.zeros_like(out)
-    return out, tangent.astype(out.dtype)
-  dws = [_weight_tangent(weights, dweights, taps) for taps in taps_list]
-  has_dw = any(dw is not None for dw in dws)
-  # Bilinear (4 taps) stacks its taps into one (..., 4, C) gather per tangent term. In
-  # reverse mode that is one gather feeding one contraction with the cotangent for the
-  # weights (10-20% faster than four gather+reduce pairs on images/down) and, for C > 1,
-  # one scatter-add of (..., 4, C) rows into one zero buffer for dU instead of four
-  # scatters, four buffers and their sums (feature -29%, images -17%, down -59%; with
-  # C = 1 the per-tap scatters are 20% faster). Wider kernels and volumes stay per tap: a
-  # stacked gather would hold T ** d times the output.
-  stacked = len(taps_list) <= 4
-  if stacked:
-    flat_taps = list(_product_taps(index, valid, spatial))
-    idx = jnp.stack([flat for _, flat, _ in flat_taps], -1)
-    ok = jnp.stack([v for _, _, v in flat_taps], -1)
+  if len(taps_list) > _STACK_LIMIT:
+    tangent = _scanned_tangent(flat_u, weights, du, dweights, index, valid, spatial)
+  else:
+    tangent = _stacked_tangent(flat_u, weights, du, dweights, index, valid, spatial, taps_list)
+  if tangent is None:
+    return out, jnp.zeros_like(out)
+  return out, tangent.astype(out.dtype)
+
+
+def _scanned_tangent(flat_u, weights, du, dweights, index, valid, spatial):
+  """The tangent of a product of more than :data:`_STACK_LIMIT` taps, one tap per scan step.
+
+  Both terms are scans, never the unrolled taps: transposed, an unrolled term is one
+  scatter into its own image-sized buffer per tap (bicubic's 16 on a 16 MiB feature map
+  needed 954 MiB), while the scan's transpose adds every tap into one carried buffer
+  (67 MiB, and 3.9x faster; trilinear 222 -> 40 MiB, 2.1x faster:
+  ``benchmarks/bench_sampler.py --workloads bicubic`` with ``STN_JAX_NATIVE=0``).
+  """
   tangent = None
-  if has_dw and stacked:
+  if any(not isinstance(d, SymbolicZero) for axis in dweights for d in axis):
+    tangent = _scan_taps(flat_u, weights, _instantiate(dweights, weights), index, valid, spatial)
+  if not isinstance(du, SymbolicZero):
+    tangent = _accumulate(tangent, _scan_taps(du, weights, None, index, valid, spatial))
+  return tangent
+
+
+def _stacked_tangent(flat_u, weights, du, dweights, index, valid, spatial, taps_list):
+  """The tangent of a product of at most :data:`_STACK_LIMIT` taps (bilinear), stacked.
+
+  One ``(..., T, C)`` gather per tangent term. In reverse mode that is one gather feeding
+  one contraction with the cotangent for the weights (10-20% faster than four gather+reduce
+  pairs on images/down) and, for C > 1, one scatter-add of ``(..., T, C)`` rows into one
+  zero buffer for dU instead of four scatters, four buffers and their sums (feature -29%,
+  images -17%, down -59%; with C = 1 the per-tap scatters are 20% faster).
+  """
+  cdt = weights[0][0].dtype
+  dws = [_weight_tangent(weights, dweights, taps) for taps in taps_list]
+  flat_taps = list(_product_taps(index, valid, spatial))
+  idx = jnp.stack([flat for _, flat, _ in flat_taps], -1)
+  ok = jnp.stack([v for _, _, v in flat_taps], -1)
+  tangent = None
+  if any(dw is not None for dw in dws):
     dw = jnp.stack([jnp.zeros_like(weights[0][0]) if d is None else d for d in dws], -1)
     tangent = jnp.einsum("...t,...tc->...c", dw, _masked_gather(flat_u, idx, ok).astype(cdt))
-  elif has_dw:
-    for dw, (_, flat, v) in zip(dws, _product_taps(index, valid, spatial), strict=True):
-      if dw is not None:
-        term = _masked_gather(flat_u, flat, v).astype(cdt) * dw[..., None]
-        tangent = _accumulate(tangent, term)
-  if has_du:
-    if stacked and flat_u.shape[-1] > 1:
+  if not isinstance(du, SymbolicZero):
+    if flat_u.shape[-1] > 1:
       w = jnp.stack(
         [_product([weights[j][t] for j, t in enumerate(taps)]) for taps in taps_list], -1
       )
@@ -312,9 +311,7 @@ def _combine_taps_jvp(spatial, primals, tangents):
     else:
       term = _combine_taps(du, weights, index, valid, spatial).astype(cdt)
     tangent = _accumulate(tangent, term)
-  if tangent is None:
-    return out, jnp.zeros_like(out)
-  return out, tangent.astype(out.dtype)
+  return tangent
 
 
 def _instantiate(dweights: list, weights: list) -> list:

@@ -57,7 +57,18 @@ def default_control_points(ndim: int = 2) -> np.ndarray:
 
 
 def unnormalize(coord: jax.Array, size: int, align_corners: bool) -> jax.Array:
-  """Normalised coordinate along one axis of length ``size`` to pixel units."""
+  """Normalised coordinate along one axis of length ``size`` to pixel units.
+
+  Convention:
+    With ``align_corners`` a one-pixel axis has scale ``(size - 1) / 2 == 0``: every finite
+    coordinate is that pixel's, 0, and an infinite one stays infinite (never
+    ``(inf + 1) * 0``, a NaN, which the sampler reads as "no point"), so the padding rules
+    for infinite coordinates apply: ``"zeros"`` reads 0, ``"border"`` the pixel (the limit
+    of every finite coordinate), ``"reflection"`` 0. The compiled kernels'
+    ``PixelCoordinate`` does the same.
+  """
+  if align_corners and size == 1:
+    return jnp.where(jnp.isfinite(coord), jnp.zeros_like(coord), coord)
   if align_corners:
     return (coord + 1) * ((size - 1) / 2)
   return ((coord + 1) * size - 1) / 2
