@@ -48,6 +48,15 @@ def _ready(fn, *args):
   return run
 
 
+def _on_lax_conv(state: train.TrainState) -> train.TrainState:
+  """``state`` with the CNN's convolutions on XLA's (``nnx.Conv``'s default): the "before"."""
+  model = state.model()
+  for conv in model.cnn.convs:
+    conv.conv_general_dilated = jax.lax.conv_general_dilated
+  graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+  return state.replace(graphdef=graphdef)
+
+
 def model_parts(config: train.Config, data: dict) -> dict:
   """Runners of the step parts of one demo model, keyed ``<model>/<part>``."""
   state = train.create_train_state(config)
@@ -73,6 +82,9 @@ def model_parts(config: train.Config, data: dict) -> dict:
   batch = jax.jit(train.batch_for_step, static_argnums=(0, 5))
   parts = {
     "step": _ready(train.jit_train_step(config), state, digits, labels, key),
+    "step, nnx.Conv's XLA convolutions": _ready(
+      train.jit_train_step(config), _on_lax_conv(state), digits, labels, key
+    ),
     "batch": _ready(batch, config.task, key, jnp.int32(7), digits, labels, config.batch_size),
     "grad": _ready(grad, state.params, images),
     "optimizer": _ready(update, state.params, state.opt_state, grads),
