@@ -1,4 +1,4 @@
-"""The bilinear sampler as JAX primitives with a compiled CPU kernel (``csrc/bilinear.cc``).
+"""The sampler as JAX primitives with compiled CPU kernels (``csrc/bilinear.cc``).
 
 Bilinear on images, trilinear on volumes (PyTorch's ``"bilinear"`` on 5-D input): the same
 primitives and the same C++ passes, templated on the number of spatial axes, which the
@@ -29,6 +29,14 @@ environment, read at each trace) :func:`available` is False and ``sample`` uses 
 gather-based sampler everywhere. :func:`native_status` (public as
 ``stn_jax.native_status``) says which path runs and why. ``STN_JAX_NATIVE_LIBRARY=/path/to/lib.so``
 loads another build of ``csrc/`` instead of the installed one (``scripts/sanitize.sh``).
+
+Bicubic (tricubic on volumes: Keys' cubic, ``a = -0.75``, per-tap padding) and nearest run
+through the same four primitives with a ``kernel`` parameter (``"bicubic"``, ``"nearest"``;
+absent for bilinear), which picks the passes of ``csrc/separable_passes.inc`` and the
+reference (``gather.sample_gather`` with that kernel). Nearest has only ``fwd`` and
+``u_vjp`` passes: its grid derivatives are exactly 0, so its ``fwd`` JVP in the grid is a
+zero and ``grid_jvp``/``grid_vjp`` are never bound for it (bound directly, they lower to
+the reference).
 
 ``vmap`` with an unbatched image and batched grids folds the grids' batch into the
 points (:func:`_batch_shared_image`), so one image is never copied per grid.
@@ -113,7 +121,7 @@ def _load() -> bool:
 
 
 def available() -> bool:
-  """Whether ``sample`` uses the compiled bilinear kernels on the CPU."""
+  """Whether ``sample`` uses the compiled kernels (bilinear, bicubic, nearest) on the CPU."""
   if os.environ.get("STN_JAX_NATIVE", "1") == "0":
     return False
   return _load()
@@ -133,8 +141,11 @@ def native_status() -> NativeStatus:
   is not ``0`` and the default JAX backend is the CPU (one device, or several: a
   batch-sharded call runs the kernels on each shard, a spatially sharded one is gathered
   first). Then
-  ``sample`` runs the kernels for every call they cover: ``kernel="bilinear"`` (trilinear
-  on volumes; with ``antialias=True`` too, for its reads), ``U`` of dtype float32 or
+  ``sample`` runs the kernels for every call they cover: ``kernel="bilinear"``,
+  ``"bicubic"`` and ``"nearest"`` (trilinear, tricubic and nearest on volumes; with
+  ``antialias=True`` too, for its reads; a user-built :class:`stn_jax.Kernel`, even Keys'
+  cubic rebuilt by ``stn_jax.kernels.keys_cubic``, runs the pure-JAX sampler), ``U`` of
+  dtype float32 or
   float64 with a grid of the same or a narrower float dtype (so the compute dtype is
   ``U``'s), no empty spatial axis, and fewer than ``2**31`` elements in one example of
   ``U``. Every other call, and every call when ``available`` is False, runs the pure-JAX
@@ -228,8 +239,9 @@ def sample_one(u, g, kernel, padding_mode: str, align_corners: bool, pixels: boo
   """One example: ``u`` is ``(*S, C)``, ``g`` is ``(*So, d)`` in the compute dtype
   (normalised, or in pixels with ``pixels=True``).
 
-  Bilinear float32/float64 images and (trilinear) volumes run the compiled kernels where
-  they are built (the same values and derivatives); everything else the gather sampler.
+  Bilinear, bicubic and nearest float32/float64 images and volumes run the compiled
+  kernels where they are built (the same values and derivatives); everything else the
+  gather sampler.
   """
   compiled = _compiled_kernel(kernel)
   if compiled is not None and 0 not in u.shape[:-1] and usable(u, g):
