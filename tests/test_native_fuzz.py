@@ -189,6 +189,9 @@ ONE_PIXEL_INF = dict(
 @given(case=cases())
 @example(case=ONE_PIXEL_INF)
 @example(case=dict(ONE_PIXEL_INF, padding_mode="zeros", d=3, spatial=(2, 1, 1), out=(1, 2, 3)))
+# The same one-pixel axis with infinite coordinates under the separable kernels.
+@example(case=dict(ONE_PIXEL_INF, kernel="bicubic"))
+@example(case=dict(ONE_PIXEL_INF, kernel="nearest", padding_mode="reflection"))
 # Reflected special coordinates, where float32 and float64 read different taps (the bounds
 # once used float64 taps).
 @example(
