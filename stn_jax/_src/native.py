@@ -140,17 +140,16 @@ def native_status() -> NativeStatus:
   ``available`` is True when the compiled extension is built and loads, ``STN_JAX_NATIVE``
   is not ``0`` and the default JAX backend is the CPU (one device, or several: a
   batch-sharded call runs the kernels on each shard, a spatially sharded one is gathered
-  first). Then
-  ``sample`` runs the kernels for every call they cover: ``kernel="bilinear"``,
+  first). Then ``sample`` runs the kernels for every call they cover: ``kernel="bilinear"``,
   ``"bicubic"`` and ``"nearest"`` (trilinear, tricubic and nearest on volumes; with
   ``antialias=True`` too, for its reads; a user-built :class:`stn_jax.Kernel`, even Keys'
   cubic rebuilt by ``stn_jax.kernels.keys_cubic``, runs the pure-JAX sampler), ``U`` of
-  dtype float32 or
-  float64 with a grid of the same or a narrower float dtype (so the compute dtype is
-  ``U``'s), no empty spatial axis, and fewer than ``2**31`` elements in one example of
-  ``U``. Every other call, and every call when ``available`` is False, runs the pure-JAX
-  sampler: the same values and derivatives (to float round-off), slower on the CPU. The
-  environment variable is read each time a function is traced; the rest once per process.
+  dtype float32 or float64 with a grid of the same or a narrower float dtype (so the
+  compute dtype is ``U``'s), no empty spatial axis, and fewer than ``2**31`` elements in
+  one example of ``U``. Every other call, and every call when ``available`` is False,
+  runs the pure-JAX sampler: the same values and derivatives (to float round-off), slower
+  on the CPU. The environment variable is read each time a function is traced; the rest
+  once per process.
 
   Returns:
     A :class:`stn_jax.NativeStatus` ``(available, reason)``: a bool and a sentence
