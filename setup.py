@@ -22,7 +22,7 @@ setup(
     Extension(
       "stn_jax._bilinear_cpu",
       sources=["csrc/bilinear.cc"],
-      depends=["csrc/bilinear_passes.inc"],
+      depends=["csrc/bilinear_passes.inc", "csrc/separable_passes.inc"],
       include_dirs=[_ffi_include_dir()],
       language="c++",
       # No FP traps or errno: lets GCC vectorise the branch-free coordinate loop. IEEE

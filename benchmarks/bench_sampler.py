@@ -108,6 +108,7 @@ WORKLOADS = (
   Workload("images 16x224x224x3", 16, 224, 224, 3, 224, 224),
   Workload("down 16x224x224x3->112", 16, 224, 224, 3, 112, 112),
   Workload("bicubic 32x64x64x32", 32, 64, 64, 32, 64, 64, kernel="bicubic"),
+  Workload("nearest 32x64x64x32", 32, 64, 64, 32, 64, 64, kernel="nearest"),
   # Volumes (trilinear; PyTorch's 5-D grid_sample). The first is the configuration PyTorch's
   # issue tracker uses for 3-D sampling speed; the second is registration-like; the third a
   # feature volume; the last tricubic (PyTorch has no 5-D bicubic).
@@ -153,8 +154,8 @@ def stn_xla_fwd(wl: Workload):
   """stn_jax's pure-XLA sampler: the compiled CPU kernels switched off while tracing."""
   from stn_jax._src import native
 
-  if wl.kernel != "bilinear" or not native.available():
-    return None  # the compiled kernels are bilinear only: stn_jax is this path already
+  if not native.available():
+    return None  # stn_jax is this path already
 
   def f(U, grid):
     os.environ["STN_JAX_NATIVE"] = "0"
@@ -268,7 +269,7 @@ def make_torch_runner(wl: Workload, U, grid, R, device: str, grad: bool, square:
   Ut = torch.from_numpy(_channels_first(U)).to(dev)
   gt = torch.from_numpy(np.array(grid)).to(dev)  # a writable copy
   Rt = torch.from_numpy(_channels_first(R)).to(dev)
-  mode = "bicubic" if wl.kernel == "bicubic" else "bilinear"
+  mode = wl.kernel  # "bilinear", "bicubic" or "nearest": grid_sample's names
   kw = dict(mode=mode, padding_mode="zeros", align_corners=False)
   if not grad:
 

@@ -35,6 +35,7 @@
 #include <mutex>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -177,6 +178,7 @@ ffi::Error CheckPadding(int32_t padding) {
 
 namespace portable {
 #include "bilinear_passes.inc"
+#include "separable_passes.inc"
 }  // namespace portable
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -186,6 +188,7 @@ namespace portable {
 #define STN_AVX2_PASS 1
 namespace avx2 {
 #include "bilinear_passes.inc"
+#include "separable_passes.inc"
 }  // namespace avx2
 #undef STN_AVX2_PASS
 #pragma GCC pop_options
@@ -454,3 +457,134 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearUVjp, UVjp,
                                   .Attr<bool>("align_corners")
                                   .Attr<bool>("pixels")
                                   .Attr<double>("coord_limit"));
+
+// ---------------------------------------------------------------------------------------
+// Bicubic / tricubic (Keys, a = -0.75, per-tap padding) and nearest: the passes of
+// separable_passes.inc behind the same checks and dispatch as the bilinear handlers above.
+// Nearest's grid derivative is 0, so it has only the forward and the U-gradient.
+
+namespace {
+
+// Taps per axis of the separable passes' kernels.
+constexpr int kCubic = 4;
+constexpr int kNearest = 1;
+
+// The checks every handler starts with: attributes, and the number of spatial axes.
+ffi::Error CheckAttributes(int32_t padding, double coord_limit, const ffi::AnyBuffer& grid,
+                           int& dims) {
+  STN_RETURN_IF_ERROR(CheckPadding(padding));
+  STN_RETURN_IF_ERROR(CheckLimit(coord_limit));
+  return GridDims(grid, dims);
+}
+
+template <int K>
+ffi::Error SeparableFwd(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
+                        ffi::Result<ffi::AnyBuffer> out, int32_t padding, bool align_corners,
+                        bool pixels, double coord_limit) {
+  int dims;
+  Shape us, gs, os;
+  STN_RETURN_IF_ERROR(CheckAttributes(padding, coord_limit, grid, dims));
+  STN_RETURN_IF_ERROR(ReadShape(u, dims, "U", us));
+  us.pixels = pixels;
+  STN_RETURN_IF_ERROR(ReadShape(grid, dims, "grid", gs));
+  STN_RETURN_IF_ERROR(ReadShape(*out, dims, "output", os));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, os, us.last));
+  STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), grid.element_type()));
+  STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), out->element_type()));
+  if (EmptyImage(us)) {
+    FillZero(*out);
+    return ffi::Error::Success();
+  }
+  Dispatch(u.element_type(), dims, padding, align_corners, false,
+           [&](auto zero, auto d, auto p, auto a, auto) {
+             using T = decltype(zero);
+             Pick(&avx2::SeparableFwdImpl<K, T, d, p, a>,
+                  &portable::SeparableFwdImpl<K, T, d, p, a>)(
+                 pool, u.typed_data<T>(), grid.typed_data<T>(), out->typed_data<T>(), us, gs,
+                 static_cast<T>(coord_limit));
+           });
+  return ffi::Error::Success();
+}
+
+template <int K>
+ffi::Error SeparableUVjp(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer grid,
+                         ffi::Result<ffi::AnyBuffer> du, int32_t padding, bool align_corners,
+                         bool pixels, double coord_limit) {
+  int dims;
+  Shape cs, gs, us;
+  STN_RETURN_IF_ERROR(CheckAttributes(padding, coord_limit, grid, dims));
+  STN_RETURN_IF_ERROR(ReadShape(ct, dims, "cotangent", cs));
+  STN_RETURN_IF_ERROR(ReadShape(grid, dims, "grid", gs));
+  STN_RETURN_IF_ERROR(ReadShape(*du, dims, "U cotangent", us));
+  us.pixels = pixels;
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, cs, us.last));
+  STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), grid.element_type()));
+  STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), du->element_type()));
+  if (EmptyImage(us)) return ffi::Error::Success();  // dU has no elements
+  Dispatch(ct.element_type(), dims, padding, align_corners, false,
+           [&](auto zero, auto d, auto p, auto a, auto) {
+             using T = decltype(zero);
+             Pick(&avx2::SeparableUVjpImpl<K, T, d, p, a>,
+                  &portable::SeparableUVjpImpl<K, T, d, p, a>)(
+                 pool, ct.typed_data<T>(), grid.typed_data<T>(), du->typed_data<T>(), us, gs,
+                 static_cast<T>(coord_limit));
+           });
+  return ffi::Error::Success();
+}
+
+// The grid passes (cubic only): `third` is the grid tangent (GridJvp, result per point
+// with U's channels) or the output's cotangent (GridVjp, result shaped like the grid).
+template <bool Jvp>
+ffi::Error CubicGridPass(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
+                         ffi::AnyBuffer third, ffi::Result<ffi::AnyBuffer> out, int32_t padding,
+                         bool align_corners, bool pixels, double coord_limit) {
+  int dims;
+  Shape us, gs, ts, os;
+  STN_RETURN_IF_ERROR(CheckAttributes(padding, coord_limit, grid, dims));
+  STN_RETURN_IF_ERROR(ReadShape(u, dims, "U", us));
+  us.pixels = pixels;
+  STN_RETURN_IF_ERROR(ReadShape(grid, dims, "grid", gs));
+  STN_RETURN_IF_ERROR(ReadShape(third, dims, Jvp ? "grid tangent" : "cotangent", ts));
+  STN_RETURN_IF_ERROR(ReadShape(*out, dims, "output", os));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, ts, Jvp ? dims : us.last));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, os, Jvp ? us.last : dims));
+  STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), grid.element_type()));
+  STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), third.element_type()));
+  STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), out->element_type()));
+  if (EmptyImage(us)) {
+    FillZero(*out);
+    return ffi::Error::Success();
+  }
+  Dispatch(u.element_type(), dims, padding, align_corners, false,
+           [&](auto zero, auto d, auto p, auto a, auto) {
+             using T = decltype(zero);
+             auto pass = Jvp ? Pick(&avx2::SeparableGridJvpImpl<kCubic, T, d, p, a>,
+                                    &portable::SeparableGridJvpImpl<kCubic, T, d, p, a>)
+                             : Pick(&avx2::SeparableGridVjpImpl<kCubic, T, d, p, a>,
+                                    &portable::SeparableGridVjpImpl<kCubic, T, d, p, a>);
+             pass(pool, u.typed_data<T>(), grid.typed_data<T>(), third.typed_data<T>(),
+                  out->typed_data<T>(), us, gs, static_cast<T>(coord_limit));
+           });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define STN_SEPARABLE_HANDLER(name, fn, arrays)                                            \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, fn,                                                  \
+                                ffi::Ffi::Bind()                                           \
+                                    .Ctx<ffi::ThreadPool>() arrays                         \
+                                    .Ret<ffi::AnyBuffer>()                                 \
+                                    .Attr<int32_t>("padding")                              \
+                                    .Attr<bool>("align_corners")                           \
+                                    .Attr<bool>("pixels")                                  \
+                                    .Attr<double>("coord_limit"))
+#define STN_TWO_ARRAYS .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+#define STN_THREE_ARRAYS .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+
+STN_SEPARABLE_HANDLER(StnCubicFwd, SeparableFwd<kCubic>, STN_TWO_ARRAYS);
+STN_SEPARABLE_HANDLER(StnCubicUVjp, SeparableUVjp<kCubic>, STN_TWO_ARRAYS);
+STN_SEPARABLE_HANDLER(StnCubicGridJvp, CubicGridPass<true>, STN_THREE_ARRAYS);
+STN_SEPARABLE_HANDLER(StnCubicGridVjp, CubicGridPass<false>, STN_THREE_ARRAYS);
+STN_SEPARABLE_HANDLER(StnNearestFwd, SeparableFwd<kNearest>, STN_TWO_ARRAYS);
+STN_SEPARABLE_HANDLER(StnNearestUVjp, SeparableUVjp<kNearest>, STN_TWO_ARRAYS);

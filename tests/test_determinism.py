@@ -54,10 +54,13 @@ def test_bitwise_identical_across_calls_and_thread_counts(native):
 # The probe, run as a script in the subprocess: python tests/test_determinism.py THREADS.
 
 CASES = {
-  # name: (U shape, grid shape); the batch of 6 lets the scatter split over examples.
-  "image_1ch": ((6, 48, 40, 1), (6, 37, 33, 2)),
-  "image_3ch": ((6, 48, 40, 3), (6, 37, 33, 2)),
-  "volume_2ch": ((4, 10, 14, 12, 2), (4, 9, 11, 13, 3)),
+  # name: (U shape, grid shape, kernel); the batch of 6 lets the scatter split over examples.
+  "image_1ch": ((6, 48, 40, 1), (6, 37, 33, 2), "bilinear"),
+  "image_3ch": ((6, 48, 40, 3), (6, 37, 33, 2), "bilinear"),
+  "volume_2ch": ((4, 10, 14, 12, 2), (4, 9, 11, 13, 3), "bilinear"),
+  "image_3ch_bicubic": ((6, 48, 40, 3), (6, 37, 33, 2), "bicubic"),
+  "volume_2ch_tricubic": ((4, 6, 7, 8, 2), (4, 5, 6, 7, 3), "bicubic"),
+  "image_9ch_nearest": ((6, 48, 40, 9), (6, 37, 33, 2), "nearest"),
 }
 
 
@@ -71,17 +74,17 @@ def _probe(threads: int) -> dict:
 
   jax.config.update("jax_enable_x64", True)
 
-  def run(u, g):
+  def run(u, g, kernel):
     def loss(u, g):
-      v = stn_jax.sample(u, g, padding_mode="reflection")
+      v = stn_jax.sample(u, g, kernel, padding_mode="reflection")
       return jnp.sum(v**2), v
 
     (_, v), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(u, g)
     return v, *grads
 
-  step = jax.jit(run)
+  step = jax.jit(run, static_argnums=2)
   cases = {}
-  for name, (u_shape, g_shape) in CASES.items():
+  for name, (u_shape, g_shape, kernel) in CASES.items():
     for dtype in (np.float32, np.float64):
       rng = np.random.default_rng(0)
       u = jnp.asarray(rng.normal(size=u_shape).astype(dtype))
@@ -89,7 +92,7 @@ def _probe(threads: int) -> dict:
       calls = []
       for _ in range(2):
         digest = hashlib.sha256()
-        for x in step(u, g):
+        for x in step(u, g, kernel):
           digest.update(np.asarray(x).tobytes())
         calls.append(digest.hexdigest())
       cases[f"{name}_{np.dtype(dtype).name}"] = calls

@@ -1,13 +1,16 @@
-"""The compiled bilinear kernels (``native.py``) equal the gather-based sampler they replace.
+"""The compiled kernels (``native.py``) equal the gather-based sampler they replace.
 
-``stn_jax.sample`` runs bilinear float32/float64 through four JAX primitives lowered to
-C++ on the CPU. The reference is the same call with ``STN_JAX_NATIVE=0``, i.e. the
-pure-JAX sampler that PyTorch parity and the dense oracle also check. Compared here:
-values and every derivative (jvp, vjp, jacfwd, jacrev, Hessians, which reach the
-primitives' fallback rules), over padding modes, align_corners, one and several
-channels, points outside the image and non-finite ones, batches large enough to be
-split across threads, and each way ``vmap`` can batch the arguments.
+``stn_jax.sample`` runs bilinear, bicubic and nearest float32/float64 through four JAX
+primitives lowered to C++ on the CPU (nearest: two, its grid derivatives are 0). The
+reference is the same call with ``STN_JAX_NATIVE=0``, i.e. the pure-JAX sampler that
+PyTorch parity and the dense oracle also check. Compared here: values and every
+derivative (jvp, vjp, jacfwd, jacrev, Hessians, which reach the primitives' fallback
+rules), over padding modes, align_corners, one and several channels, points outside the
+image and non-finite ones, batches large enough to be split across threads, and each way
+``vmap`` can batch the arguments.
 """
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +22,8 @@ import stn_jax
 from stn_jax._src import native
 
 PADDINGS = stn_jax.PADDING_MODES
+# Each compiled kernel, and the custom-call target of its forward pass.
+FORWARD = {"bilinear": "StnBilinearFwd", "bicubic": "StnCubicFwd", "nearest": "StnNearestFwd"}
 
 
 def test_kernels_are_built():
@@ -47,9 +52,9 @@ def _inputs(rng, shape=(2, 5, 6, 3), out=(3, 4), dtype=np.float64, spill=1.3):
   return jnp.asarray(U), jnp.asarray(grid)
 
 
-def _derivatives(U, grid, padding_mode, align_corners):
+def _derivatives(U, grid, padding_mode, align_corners, kernel="bilinear"):
   def f(u, g):
-    return stn_jax.sample(u, g, padding_mode=padding_mode, align_corners=align_corners)
+    return stn_jax.sample(u, g, kernel, padding_mode=padding_mode, align_corners=align_corners)
 
   def loss(u, g):
     return jnp.sum(jnp.sin(f(u, g)))
@@ -81,30 +86,55 @@ def test_values_and_derivatives_equal_the_reference(
     np.testing.assert_allclose(a, b, **TOLERANCES[np.dtype(np.float64)])
 
 
+@pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("padding_mode", PADDINGS)
-@pytest.mark.parametrize("channels", [1, 2])
-def test_float32_equals_the_reference(rng, pure_jax, padding_mode, channels):
+@pytest.mark.parametrize("kernel", ["bicubic", "nearest"])
+def test_separable_kernels_equal_the_reference(rng, pure_jax, kernel, padding_mode, align_corners):
+  # Bicubic (per-tap padding, 16 taps) and nearest, every derivative, against the pure-JAX
+  # sampler in float64; one channel with align_corners=False, three with True.
+  channels = 3 if align_corners else 1
+  U, grid = _inputs(rng, shape=(2, 5, 6, channels))
+  lowered = jax.jit(lambda u, g: stn_jax.sample(u, g, kernel)).lower(U, grid).as_text()
+  assert FORWARD[kernel] in lowered, f"{kernel} did not lower to its compiled kernel"
+  fast = _derivatives(U, grid, padding_mode, align_corners, kernel)
+  ref = pure_jax(_derivatives, U, grid, padding_mode, align_corners, kernel)
+  for a, b in zip(fast, ref, strict=True):
+    np.testing.assert_allclose(a, b, **TOLERANCES[np.dtype(np.float64)])
+
+
+@pytest.mark.parametrize("kernel", ["bilinear", "bicubic", "nearest"])
+@pytest.mark.parametrize("padding_mode", PADDINGS)
+@pytest.mark.parametrize("channels", [1, 2, 9])
+def test_float32_equals_the_reference(rng, pure_jax, kernel, padding_mode, channels):
   # Rows of 13 points: one channel in float32 takes AVX2 gathers 8 points at a time (where
-  # the CPU has them) and the scalar loop for the other 5.
+  # the CPU has them) and the scalar loop for the other 5. Nine channels: the separable
+  # kernels' channel loop runs 8 lanes at a time, then the rest one by one.
   U, grid = _inputs(rng, shape=(3, 7, 5, channels), out=(6, 13), dtype=np.float32)
 
   def run(u, g):
     def f(u, g):
-      return stn_jax.sample(u, g, padding_mode=padding_mode)
+      return stn_jax.sample(u, g, kernel, padding_mode=padding_mode)
 
     out, vjp = jax.vjp(f, u, g)
     return (out, *vjp(jnp.cos(out)))
 
   fast, ref = run(U, grid), pure_jax(run, U, grid)
+  tol = TOLERANCES[np.dtype(np.float32)]
+  if kernel == "bicubic":
+    # A grid gradient sums 16 taps x C channels of products (about 150 terms here, each off
+    # by a few float32 eps, ~1.2e-7) and its cubic weights round absolutely near the edge of
+    # the support: 1e-4 of the result's scale, where the tent's 4 taps stay within 1e-5.
+    tol = dict(rtol=1e-4, atol=1e-4)
   for a, b in zip(fast, ref, strict=True):
     assert a.dtype == jnp.float32
-    np.testing.assert_allclose(a, b, **TOLERANCES[np.dtype(np.float32)])
+    np.testing.assert_allclose(a, b, **tol)
 
 
+@pytest.mark.parametrize("kernel", ["bilinear", "bicubic", "nearest"])
 @pytest.mark.parametrize("padding_mode", PADDINGS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("channels", [1, 2])
-def test_non_finite_and_huge_coordinates(rng, pure_jax, padding_mode, dtype, channels):
+def test_non_finite_and_huge_coordinates(rng, pure_jax, kernel, padding_mode, dtype, channels):
   U, grid = _inputs(rng, shape=(1, 4, 5, channels), out=(2, 9), dtype=dtype)
   special = jnp.array([jnp.nan, jnp.inf, -jnp.inf, 1e30, -1e30, 2.0**24, 1.0, -1.0], dtype)
   grid = grid.at[0, 0, :8, 0].set(special).at[0, 1, :8, 0].set(special[::-1])
@@ -114,14 +144,22 @@ def test_non_finite_and_huge_coordinates(rng, pure_jax, padding_mode, dtype, cha
 
   def run(u, g):
     def f(u, g):
-      return stn_jax.sample(u, g, padding_mode=padding_mode)
+      return stn_jax.sample(u, g, kernel, padding_mode=padding_mode)
 
     out, vjp = jax.vjp(f, u, g)
     # An inf cotangent at the NaN point (which reads nothing) must not reach dU.
     return (out, *vjp(jnp.ones_like(out).at[0, 0, 0].set(jnp.inf)))
 
   fast, ref = run(U, grid), pure_jax(run, U, grid)
-  for a, b in zip(fast, ref, strict=True):
+  for i, (a, b) in enumerate(zip(fast, ref, strict=True)):
+    if kernel == "bicubic" and i == 2:
+      # The grid gradient at a point that reads an infinite pixel: the kernel multiplies
+      # the (finite) weight derivative by the infinite sum (+-inf); JAX's reverse mode
+      # splits the cubic's derivative into terms of opposite signs, each times that
+      # infinity (NaN). Non-finite at the same points, either way.
+      np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+      finite = np.isfinite(b)
+      a, b = np.where(finite, a, 0), np.where(finite, b, 0)
     np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
     np.testing.assert_allclose(a, b, **TOLERANCES[np.dtype(dtype)])
 
@@ -140,10 +178,11 @@ def test_large_batch_split_across_threads(rng, pure_jax):
     np.testing.assert_allclose(a, b, **TOLERANCES[np.dtype(np.float64)])
 
 
+@pytest.mark.parametrize("kernel", ["bilinear", "bicubic", "nearest"])
 @pytest.mark.parametrize(
   "in_axes", [(0, 0), (None, 0), (0, None), (1, 2)], ids=["both", "grid", "U", "moved"]
 )
-def test_vmap_over_each_argument(rng, pure_jax, in_axes):
+def test_vmap_over_each_argument(rng, pure_jax, in_axes, kernel):
   U, grid = _inputs(rng, shape=(3, 6, 5, 2), out=(4, 3))
   if in_axes[0] is None:
     U = U[0]
@@ -154,7 +193,7 @@ def test_vmap_over_each_argument(rng, pure_jax, in_axes):
 
   def run(u, g):
     def f(u, g):
-      return jax.vmap(stn_jax.sample, in_axes=in_axes)(u, g)
+      return jax.vmap(lambda u, g: stn_jax.sample(u, g, kernel), in_axes=in_axes)(u, g)
 
     out, vjp = jax.vjp(f, u, g)
     return (out, *vjp(jnp.cos(out)), jax.jvp(f, (u, g), (jnp.sin(u), jnp.cos(g)))[1])
@@ -164,16 +203,26 @@ def test_vmap_over_each_argument(rng, pure_jax, in_axes):
     np.testing.assert_allclose(a, b, **TOLERANCES[np.dtype(np.float64)])
 
 
-def test_gradient_runs_only_the_kernels():
+@pytest.mark.parametrize(
+  "kernel, targets",
+  [
+    ("bilinear", ("StnBilinearFwd", "StnBilinearUVjp", "StnBilinearGridVjp")),
+    ("bicubic", ("StnCubicFwd", "StnCubicUVjp", "StnCubicGridVjp")),
+    # Nearest's grid gradient is exactly 0: no pass computes it.
+    ("nearest", ("StnNearestFwd", "StnNearestUVjp")),
+  ],
+)
+def test_gradient_runs_only_the_kernels(kernel, targets):
   # The point of the kernels: no XLA gather or scatter left in a first-order gradient.
   U = jnp.zeros((4, 8, 8, 3), jnp.float32)
   grid = jnp.zeros((4, 5, 5, 2), jnp.float32)
 
   def loss(u, g):
-    return jnp.sum(stn_jax.sample(u, g) ** 2)
+    return jnp.sum(stn_jax.sample(u, g, kernel) ** 2)
 
   hlo = jax.jit(jax.grad(loss, (0, 1))).lower(U, grid).compile().as_text()
-  for target in ("StnBilinearFwd", "StnBilinearUVjp", "StnBilinearGridVjp"):
+  assert sorted(set(re.findall(r'custom_call_target="(Stn\w+)"', hlo))) == sorted(targets)
+  for target in targets:
     assert target in hlo
   assert " gather(" not in hlo and " scatter(" not in hlo
 
@@ -185,5 +234,17 @@ def test_other_dtypes_and_kernels_take_the_gather_path():
   assert not native.usable(U.astype(jnp.bfloat16), grid)
   assert not native.usable(U, grid.astype(jnp.float64))
   assert not native.usable(jax.ShapeDtypeStruct((2**16, 2**15, 1), jnp.float32), grid)
+  # User-built kernels run the gather sampler, even one equal in form to the compiled
+  # bicubic (only the object kernels.resolve("bicubic") returns takes the kernels).
+  for kernel in (
+    stn_jax.kernels.keys_cubic(-0.5),
+    stn_jax.kernels.keys_cubic(),
+    stn_jax.kernels.triangle(),
+  ):
+    hlo = jax.jit(lambda u, g, k=kernel: stn_jax.sample(u, g, k)).lower(U, grid).as_text()
+    assert "Stn" not in hlo, kernel
   hlo = jax.jit(lambda u, g: stn_jax.sample(u, g, "bicubic")).lower(U, grid).as_text()
-  assert "StnBilinear" not in hlo
+  assert "StnCubicFwd" in hlo
+  # Integer images (nearest keeps their dtype) are not the kernels' either.
+  hlo = jax.jit(lambda u, g: stn_jax.sample(u, g, "nearest")).lower(U.astype(jnp.int32), grid)
+  assert "Stn" not in hlo.as_text()

@@ -8,20 +8,29 @@ Each example runs all four compiled passes (values, both gradients, the grid tan
 the same derivatives of ``gather.sample_gather`` (vmapped over the batch, differentiated by
 JAX), and checks that the compiled side really ran the kernels.
 
+Every compiled kernel is drawn: bilinear, bicubic (tricubic on volumes) and nearest.
+
 Tolerances come from the arithmetic, as in ``test_native_volumes.py``: a sample sums
-``2**d`` products of a tap value and ``d`` weights, each weight off by about
-``eps * (size + 1)``, so the error is at most ``gamma * sum_t |w_t v_t|`` with
-``gamma = eps * (2 * sum(size + 1) + 4 * 2**d)``; the derivatives get the same ``gamma``
-times a bound on the sum of the magnitudes of their terms. Non-finite results must agree
-exactly (NaN where NaN, the same infinity), except the grid tangent at a point that reads an
-infinite pixel, where the two sum infinities in different orders (NaN or +-inf): there they
-must both be non-finite.
+``T = K**d`` products (``K`` taps per axis: 2 bilinear, 4 cubic, 1 nearest) of a tap value
+and ``d`` weights, each weight off by about ``eps * (size + K)`` (cubic: its polynomial
+adds a few ``eps``), so the error is at most ``gamma * sum_t |w_t v_t|`` with
+``gamma = eps * (4 * sum(size + K) + 4 * T)``; ``sum_t |w_t v_t|`` is the reference
+sampler run with ``|k|`` for ``k`` on ``|U|``. The derivatives get the same ``gamma`` times a
+bound on the sum of the magnitudes of their terms. A cubic weight near the edge of the
+support is a small difference of terms up to ~36 (Keys' far polynomial at ``|d| = 2``), so
+its error is absolute, not relative: up to ``WEIGHT_ERROR * eps`` per weight (Horner's bound
+for that polynomial, ~6 * 36), which the bounds add times the unweighted sum of the
+magnitudes of the taps read (the reference with weights 1 on the support). Non-finite
+results must agree exactly (NaN where NaN, the same infinity), except the grid tangent at a
+point that reads an infinite pixel, where the two sum infinities in different orders (NaN or
++-inf): there they must both be non-finite.
 
 ``STN_JAX_FUZZ_EXAMPLES`` sets the number of examples (default 16, so the default test run
 stays quick); ``scripts/sanitize.sh`` runs many more under AddressSanitizer and UBSan.
 """
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +39,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from stn_jax._src import gather, native
+from stn_jax._src import gather, kernels, native
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="compiled kernels not built")
 
@@ -53,9 +62,11 @@ SPECIAL_PIXELS = [np.nan, np.inf, -np.inf]
 @st.composite
 def cases(draw):
   d = draw(st.sampled_from(gather.SPATIAL_NDIMS))
+  kernel = draw(st.sampled_from(["bilinear", "bicubic", "nearest"]))
   spatial = tuple(draw(st.lists(st.sampled_from([0, 1, 1, 2, 3, 5]), min_size=d, max_size=d)))
   out = tuple(draw(st.lists(st.integers(0, 4), min_size=d, max_size=d)))
   return dict(
+    kernel=kernel,
     d=d,
     spatial=spatial,
     out=out,
@@ -120,29 +131,56 @@ def _assert_within(actual, expected, bound, what, same_non_finite=True):
   )
 
 
-def _bounds(U, grid, R, dgrid, spatial, reference):
-  """Per-element error bounds for (V, dU, dgrid, tangent), from the magnitudes of terms."""
+# Taps per axis, and each kernel's reference with |weights| (the magnitudes of the terms).
+TAPS = {"bilinear": 2, "bicubic": 4, "nearest": 1}
+ABS_KERNELS = {
+  "bilinear": "bilinear",
+  "nearest": "nearest",
+  "bicubic": kernels.Kernel(lambda d: jnp.abs(kernels.resolve("bicubic").fn(d)), 2),
+}
+
+
+# Keys' polynomials: absolute rounding error of one weight or derivative, in eps.
+WEIGHT_ERROR = 256
+ONES = kernels.Kernel(lambda d: jnp.ones_like(d), 2)  # weights 1 on the cubic's support
+
+
+def _bounds(U, grid, R, dgrid, spatial, reference, kernel, ones=None):
+  """Per-element error bounds for (V, dU, dgrid, tangent), from the magnitudes of terms.
+  ``reference(u, g)`` runs the kernel with |weights|, ``ones`` (cubic) with weights 1."""
   dtype = U.dtype
   eps = float(np.finfo(dtype).eps)
-  gamma = eps * (2 * sum(s + 1 for s in spatial) + 4 * 2 ** len(spatial))
+  k = TAPS[kernel]
+  taps = k ** len(spatial)
+  gamma = eps * (4 * sum(s + k for s in spatial) + 4 * taps)
   # Magnitudes from finite values only: where a non-finite value enters, the results
   # must agree exactly (checked separately).
   absU = np.where(np.isfinite(U), np.abs(U), 0).astype(dtype)
   absR = np.abs(R)
   max_u = float(absU.max(initial=0))
-  slope = max(spatial, default=0) / 2 + 1
+  # Grid derivatives: slope (<= size / 2 + 1) times sum_t |dw_t| |U_t| <= max|U| times
+  # (sum of |k'| over an axis's taps) (sum of |k|)**(d - 1): 2 for the tent, < 4 for Keys.
+  # For the cubic, every tap's derivative weight also carries an absolute error.
+  slope = (max(spatial, default=0) / 2 + 1) * (2 if k == 2 else 4 * 2 ** len(spatial))
+  delta = eps * WEIGHT_ERROR * 2 * len(spatial)  # d absolute errors per product weight
+  if kernel == "bicubic":
+    slope += (max(spatial, default=0) / 2 + 1) * taps * delta / gamma
   # In the case's dtype: its rounding of the coordinates decides which taps are read.
   magnitude = np.asarray(reference(absU, grid), np.float64)
   points = int(np.prod(grid.shape[1:-1]))
-  # A pixel of dU sums up to 2**d terms per output point of its example.
-  gamma_du = gamma + eps * 2 ** len(spatial) * points
+  # A pixel of dU sums up to T terms per output point of its example.
+  gamma_du = gamma + eps * taps * points
   scatter = np.asarray(jax.vjp(lambda u: reference(u, grid), absU)[1](absR)[0], np.float64)
   tiny = np.finfo(dtype).tiny
+  if kernel == "bicubic":  # absolute weight errors, d of them per product weight (each < 2)
+    magnitude = magnitude + delta / gamma * np.asarray(ones(absU, grid), np.float64)
+    count = np.asarray(jax.vjp(lambda u: ones(u, grid), absU)[1](absR)[0], np.float64)
+    scatter = scatter + delta / gamma_du * count
   return [
     gamma * magnitude + tiny,
     gamma_du * scatter + tiny,
-    gamma * slope * 2 * max_u * absR.astype(np.float64).sum(-1, keepdims=True) + tiny,
-    gamma * slope * 2 * max_u * np.abs(dgrid).sum(-1, keepdims=True).astype(np.float64) + tiny,
+    gamma * slope * max_u * absR.astype(np.float64).sum(-1, keepdims=True) + tiny,
+    gamma * slope * max_u * np.abs(dgrid).sum(-1, keepdims=True).astype(np.float64) + tiny,
   ]
 
 
@@ -168,6 +206,9 @@ ONE_PIXEL_INF = dict(
 @given(case=cases())
 @example(case=ONE_PIXEL_INF)
 @example(case=dict(ONE_PIXEL_INF, padding_mode="zeros", d=3, spatial=(2, 1, 1), out=(1, 2, 3)))
+# The same one-pixel axis with infinite coordinates under the separable kernels.
+@example(case=dict(ONE_PIXEL_INF, kernel="bicubic"))
+@example(case=dict(ONE_PIXEL_INF, kernel="nearest", padding_mode="reflection"))
 # Reflected special coordinates, where float32 and float64 read different taps (the bounds
 # once used float64 taps).
 @example(
@@ -188,12 +229,17 @@ ONE_PIXEL_INF = dict(
 def test_compiled_passes_equal_the_reference(case):
   U, grid, R, dgrid = _draw_arrays(case)
   pm, ac = case["padding_mode"], case["align_corners"]
+  kernel = case.get("kernel", "bilinear")
 
   def compiled(u, g):
-    return native.sample_linear(u, g, pm, ac)
+    if kernel == "bilinear":
+      return native.sample_linear(u, g, pm, ac)
+    return native.sample_separable(u, g, kernel, pm, ac)
 
-  def reference(u, g):
-    return jax.vmap(lambda u, g: gather.sample_gather(u, g, "bilinear", pm, ac))(u, g)
+  def gathered(k):
+    return lambda u, g: jax.vmap(lambda u, g: gather.sample_gather(u, g, k, pm, ac))(u, g)
+
+  reference = gathered(kernels.resolve(kernel))
 
   transposed = case["layout"] == "transposed in jit"
   args = [U, grid, R, dgrid]
@@ -205,14 +251,26 @@ def test_compiled_passes_equal_the_reference(case):
     args[0] = np.moveaxis(np.moveaxis(args[0], -1, 0).copy(), 0, -1)
   fast = jax.jit(_derivatives(compiled, transposed))
   hlo = fast.lower(*args).as_text()
-  for target in ("StnBilinearFwd", "StnBilinearUVjp", "StnBilinearGridVjp", "StnBilinearGridJvp"):
-    assert target in hlo, f"{target} missing: the compiled path did not run its kernels"
+  targets = {
+    "bilinear": ["StnBilinearFwd", "StnBilinearGridJvp", "StnBilinearGridVjp", "StnBilinearUVjp"],
+    "bicubic": ["StnCubicFwd", "StnCubicGridJvp", "StnCubicGridVjp", "StnCubicUVjp"],
+    "nearest": ["StnNearestFwd", "StnNearestUVjp"],  # its grid derivatives are 0, no pass
+  }[kernel]
+  assert sorted(set(re.findall(r"\b(Stn[A-Z]\w+)", hlo))) == targets, (
+    "the compiled path did not run its kernels"
+  )
   got = fast(*args)
   want = jax.jit(_derivatives(reference, False))(U, grid, R, dgrid)
-  bounds = _bounds(U, grid, R, dgrid, case["spatial"], reference)
+  bounds = _bounds(
+    U, grid, R, dgrid, case["spatial"], gathered(ABS_KERNELS[kernel]), kernel, gathered(ONES)
+  )
   names = ["V", "dU", "dgrid", "jvp in grid"]
   for a, b, bound, name in zip(got, want, bounds, names, strict=True):
     # The grid tangent at a point that reads an infinite pixel: the kernel sums the
     # per-axis derivatives (each +-inf), JAX the per-tap weight tangents times the tap
     # (one inf): NaN or +-inf, the same non-finite point either way.
-    _assert_within(a, b, bound, f"{name} for {case}", same_non_finite=name != "jvp in grid")
+    # Bicubic's grid gradient there too: the kernel multiplies the (finite) derivative of
+    # the weight by the infinite sum (+-inf), JAX's reverse mode the cubic's terms of
+    # opposite signs each by it (NaN).
+    loose = name == "jvp in grid" or (kernel == "bicubic" and name == "dgrid")
+    _assert_within(a, b, bound, f"{name} for {case}", same_non_finite=not loose)

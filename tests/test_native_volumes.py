@@ -17,6 +17,7 @@ float64 that is ~1e-14 relative; in float32 a few hundred ulps at most, far belo
 wrong tap, weight or padding (errors of order 0.01-1).
 """
 
+import functools
 import pathlib
 import re
 
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 
 import stn_jax
-from stn_jax._src import gather, native
+from stn_jax._src import gather, kernels, native
 
 PADDINGS = gather.PADDING_MODES
 CSRC = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "bilinear.cc"
@@ -80,17 +81,42 @@ def test_coordinate_limit_has_one_source(monkeypatch):
 # Compiled vs reference.
 
 
-def _reference_fn(padding_mode, align_corners):
+# Tricubic (Keys' cubic, per-tap padding, 64 taps) and nearest on volumes: the separable
+# kernels, compared the same way. TAPS: taps per axis; ABS: the kernel with |weights|,
+# whose samples of |U| are the sums of the magnitudes of the terms (the error bounds).
+TAPS = {"bilinear": 2, "bicubic": 4, "nearest": 1}
+ABS = {
+  "bilinear": "bilinear",
+  "nearest": "nearest",
+  "bicubic": kernels.Kernel(lambda d: jnp.abs(kernels.resolve("bicubic").fn(d)), 2),
+}
+# A cubic weight near the edge of the support is a small difference of terms up to ~36
+# (Keys' far polynomial at |d| = 2): its rounding error is absolute, up to WEIGHT_ERROR eps
+# (Horner's bound, ~6 * 36), so the bounds add that times the unweighted sum of the taps'
+# magnitudes (ONES: weights 1 on the support), d such errors per product weight.
+WEIGHT_ERROR = 256
+ONES = kernels.Kernel(lambda d: jnp.ones_like(d), 2)
+TARGETS = {
+  "bilinear": ("StnBilinearFwd", "StnBilinearUVjp"),
+  "bicubic": ("StnCubicFwd", "StnCubicUVjp"),
+  "nearest": ("StnNearestFwd", "StnNearestUVjp"),
+}
+
+
+def _reference_fn(padding_mode, align_corners, kernel="bilinear"):
   """The gather-based sampler, per example, vmapped over the batch: no compiled call."""
+  kernel = kernels.resolve(kernel) if isinstance(kernel, str) else kernel
 
   def one(u, g):
-    return gather.sample_gather(u, g, "bilinear", padding_mode, align_corners)
+    return gather.sample_gather(u, g, kernel, padding_mode, align_corners)
 
   return lambda u, g: jax.vmap(one)(u, g)
 
 
-def _compiled_fn(padding_mode, align_corners):
-  return lambda u, g: native.sample_linear(u, g, padding_mode, align_corners)
+def _compiled_fn(padding_mode, align_corners, kernel="bilinear"):
+  if kernel == "bilinear":
+    return lambda u, g: native.sample_linear(u, g, padding_mode, align_corners)
+  return lambda u, g: native.sample_separable(u, g, kernel, padding_mode, align_corners)
 
 
 def _assert_paths(u, g, padding_mode="zeros", align_corners=False):
@@ -100,9 +126,14 @@ def _assert_paths(u, g, padding_mode="zeros", align_corners=False):
   assert "StnBilinear" not in ref, "the reference path lowered to the C++ kernel"
 
 
-def _gamma(dtype, sizes):
+def _gamma(dtype, sizes, kernel="bilinear"):
   eps = float(np.finfo(dtype).eps)
-  return eps * (2 * sum(s + 1 for s in sizes) + 4 * 2 ** len(sizes))
+  k = TAPS[kernel]
+  if kernel == "bilinear":
+    return eps * (2 * sum(s + 1 for s in sizes) + 4 * 2 ** len(sizes))
+  # Each cubic weight: its distance off by eps * (size + K), a few eps more from the
+  # polynomial; then the sum of K**d terms.
+  return eps * (4 * sum(s + k for s in sizes) + 4 * k ** len(sizes))
 
 
 def _assert_within(actual, expected, bound, what):
@@ -136,39 +167,109 @@ def _first_order(fn, U, grid, R, dU, dgrid):
   return V, gU, gg, tU, tg
 
 
-def _check_first_order(U, grid, padding_mode, align_corners, rng):
+def _check_first_order(U, grid, padding_mode, align_corners, rng, kernel="bilinear"):
   dtype = U.dtype
   spatial = U.shape[-4:-1]
-  gamma = _gamma(dtype, spatial)
+  gamma = _gamma(dtype, spatial, kernel)
   R = jnp.asarray(rng.normal(size=grid.shape[:-1] + U.shape[-1:]).astype(dtype))
   dU = jnp.asarray(rng.normal(size=U.shape).astype(dtype))
   dgrid = jnp.asarray(rng.normal(size=grid.shape).astype(dtype))
-  fast = jax.jit(lambda *a: _first_order(_compiled_fn(padding_mode, align_corners), *a))
-  ref = jax.jit(lambda *a: _first_order(_reference_fn(padding_mode, align_corners), *a))
+  fast = jax.jit(lambda *a: _first_order(_compiled_fn(padding_mode, align_corners, kernel), *a))
+  ref = jax.jit(lambda *a: _first_order(_reference_fn(padding_mode, align_corners, kernel), *a))
   args = (U, grid, R, dU, dgrid)
-  assert "StnBilinearUVjp" in fast.lower(*args).as_text()
-  assert "StnBilinear" not in ref.lower(*args).as_text()
+  fast_text = fast.lower(*args).as_text()
+  for target in TARGETS[kernel]:
+    assert target in fast_text, f"{target} missing: the compiled path did not run its kernels"
+  assert "Stn" not in ref.lower(*args).as_text()
   got, want = fast(*args), ref(*args)
-  ref_abs = _reference_fn(padding_mode, align_corners)
-  # Sums of |terms|: the sampler applied to |U| (values, U-tangent), the scatter of |R|
-  # (U-gradient); grid derivatives: slope (<= size / 2 per normalised unit) times a tap
-  # difference (<= 2 max|U|) times the summed |cotangent| or |tangent|.
-  slope = max(spatial) / 2 + 1
+  ref_abs = _reference_fn(padding_mode, align_corners, ABS[kernel])
+  # Sums of |terms|: the sampler with |weights| applied to |U| (values, U-tangent), its
+  # scatter of |R| (U-gradient); grid derivatives: slope (<= size / 2 per normalised unit)
+  # times sum_t |dw_t| |U_t| (<= 2 max|U| for the tent; < 4 * 2**(d - 1) max|U| for Keys,
+  # whose |k'| sum to < 4 and |k| to < 2 over an axis's taps) times the summed |cotangent|
+  # or |tangent|.
+  slope = (max(spatial) / 2 + 1) * (2 if kernel == "bilinear" else 4 * 2 ** len(spatial))
   max_u = float(jnp.max(jnp.abs(U)))
-  # A voxel of dU sums up to 8 terms per output point of its example (recursive summation
-  # of n terms: (n - 1) eps times the sum of their magnitudes).
-  gamma_du = gamma + float(np.finfo(dtype).eps) * 8 * np.prod(grid.shape[-4:-1])
+  # A voxel of dU sums up to K**3 terms per output point of its example (recursive
+  # summation of n terms: (n - 1) eps times the sum of their magnitudes).
+  taps = TAPS[kernel] ** 3
+  gamma_du = gamma + float(np.finfo(dtype).eps) * taps * np.prod(grid.shape[-4:-1])
+  delta = float(np.finfo(dtype).eps) * WEIGHT_ERROR * 2 * 3 if kernel == "bicubic" else 0.0
+  ones = _reference_fn(padding_mode, align_corners, ONES)
+  slope_abs = (max(spatial) / 2 + 1) * taps * delta  # the derivative weights' errors
+
+  def scatter(ref, r):
+    return jax.vjp(lambda u: ref(u, grid), U)[1](r)[0]
+
   bounds = [
-    gamma * ref_abs(jnp.abs(U), grid),
-    gamma_du * jax.vjp(lambda u: ref_abs(u, grid), U)[1](jnp.abs(R))[0],
-    gamma * slope * 2 * max_u * jnp.sum(jnp.abs(R), -1, keepdims=True),
-    gamma * ref_abs(jnp.abs(dU), grid),
-    gamma * slope * 2 * max_u * jnp.sum(jnp.abs(dgrid), -1, keepdims=True),
+    gamma * ref_abs(jnp.abs(U), grid) + delta * ones(jnp.abs(U), grid),
+    gamma_du * scatter(ref_abs, jnp.abs(R)) + delta * scatter(ones, jnp.abs(R)),
+    (gamma * slope + slope_abs) * max_u * jnp.sum(jnp.abs(R), -1, keepdims=True),
+    gamma * ref_abs(jnp.abs(dU), grid) + delta * ones(jnp.abs(dU), grid),
+    (gamma * slope + slope_abs) * max_u * jnp.sum(jnp.abs(dgrid), -1, keepdims=True),
   ]
   names = ["V", "dL/dU", "dL/dgrid", "jvp in U", "jvp in grid"]
   for a, b, bound, name in zip(got, want, bounds, names, strict=True):
     tiny = np.finfo(dtype).tiny
-    _assert_within(a, b, np.asarray(bound) + tiny, f"{name} ({padding_mode}, {align_corners})")
+    what = f"{name} ({kernel}, {padding_mode}, {align_corners})"
+    _assert_within(a, b, np.asarray(bound) + tiny, what)
+  if kernel == "nearest":  # its samples do not move with the grid
+    assert not np.any(np.asarray(got[2])) and not np.any(np.asarray(got[4]))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding_mode", PADDINGS)
+@pytest.mark.parametrize("kernel", ["bicubic", "nearest"])
+def test_separable_kernels_equal_the_reference(rng, kernel, padding_mode, align_corners, dtype):
+  # Tricubic and nearest on volumes, values and first derivatives; one channel and three, 9
+  # points along x (the channel loop's lanes and its scalar rest meet both).
+  channels = 3 if align_corners else 1
+  U, grid = _volume_inputs(rng, shape=(2, 4, 5, 6, channels), out=(2, 2, 9), dtype=dtype)
+  _check_first_order(U, grid, padding_mode, align_corners, rng, kernel)
+
+
+def _value_and_vjp(f, u, g, r):
+  out, vjp = jax.vjp(f, u, g)
+  return (out, *vjp(r))
+
+
+@pytest.mark.parametrize("kernel", ["bicubic", "nearest"])
+def test_separable_kernels_pixels_and_many_channels(rng, kernel):
+  # pixels=True (fields.warp's entry: the grid in pixels), and 11 channels (one run of 8
+  # lanes in float32, 2 runs of 4 in float64, then the rest).
+  for dtype in (np.float64, np.float32):
+    U = jnp.asarray(rng.normal(size=(2, 3, 4, 5, 11)).astype(dtype))
+    grid = jnp.asarray(rng.uniform(-1.5, 5.5, size=(2, 2, 3, 4, 3)).astype(dtype))
+    for padding_mode in PADDINGS:
+
+      def fast(u, g, pm=padding_mode):
+        return native.sample_separable(u, g, kernel, pm, False, pixels=True)
+
+      def ref(u, g, pm=padding_mode):
+        one = functools.partial(
+          gather.sample_gather,
+          kernel=kernels.resolve(kernel),
+          padding_mode=pm,
+          align_corners=False,
+          pixels=True,
+        )
+        return jax.vmap(one)(u, g)
+
+      R = jnp.asarray(rng.normal(size=grid.shape[:-1] + (11,)).astype(dtype))
+      got = jax.jit(functools.partial(_value_and_vjp, fast))(U, grid, R)
+      want = jax.jit(functools.partial(_value_and_vjp, ref))(U, grid, R)
+      # Magnitudes of the terms: sum |w| < 2 per value; a voxel of dU takes at most the
+      # 24 points of its example; a grid derivative sums 64 taps' |dw| (< 4 * 2**2 in all)
+      # times 11 channels' |U R|. In pixels the coordinate is exact: only the weights'
+      # polynomial and the sums round, which the gamma of normalised grids covers.
+      # Plus the weights' absolute errors (WEIGHT_ERROR) over the 64 taps.
+      max_u, max_r = float(jnp.max(jnp.abs(U))), float(jnp.max(jnp.abs(R)))
+      scales = [2 * max_u, 2 * 24 * max_r, 16 * 11 * max_u * max_r]
+      eps = float(np.finfo(dtype).eps)
+      for i, (a, b, scale) in enumerate(zip(got, want, scales, strict=True)):
+        tol = (_gamma(dtype, (3, 4, 5), kernel) + 64 * 6 * WEIGHT_ERROR * eps) * scale
+        _assert_within(a, b, tol, f"output {i} ({kernel}, {padding_mode}, {dtype.__name__})")
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -1,9 +1,9 @@
 """Batch-sharded ``sample`` runs the compiled kernels on each shard (``partitioning.py``).
 
 Two subprocesses (XLA reads the device-count flag at start-up): 4 simulated CPU devices
-running ``sample`` and its gradients on a batch sharded over a ``("batch",)`` mesh, and one
-device running the same calls unsharded, plus the float64 pure-JAX sampler
-(``STN_JAX_NATIVE=0``) as the independent reference.
+running ``sample`` (bilinear, bicubic and nearest) and its gradients on a batch sharded
+over a ``("batch",)`` mesh, and one device running the same calls unsharded, plus the
+float64 pure-JAX sampler (``STN_JAX_NATIVE=0``) as the independent reference.
 
 Sharded and single-device results must be bitwise equal, not just close: every kernel
 pass computes each output entry from that example's own inputs alone (the forward and
@@ -16,7 +16,7 @@ import pytest
 from helpers import assert_close, run_on_cpu_devices
 
 SCRIPT = r"""
-import json, os, re, sys
+import functools, json, os, re, sys
 import jax
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -28,24 +28,29 @@ import stn_jax
 out_dir, devices = sys.argv[1], int(sys.argv[2])
 assert jax.device_count() == devices, jax.devices()
 rng = np.random.default_rng(0)
-CASES = {  # (U, grid) shapes: a batch of 8 images, of 4 volumes
-  "2d": ((8, 12, 10, 3), (8, 6, 5, 2)),
-  "3d": ((4, 8, 6, 7, 2), (4, 3, 4, 5, 3)),
+CASES = {  # (U, grid) shapes and the kernel: a batch of 8 images, of 4 volumes
+  "2d": ((8, 12, 10, 3), (8, 6, 5, 2), "bilinear"),
+  "3d": ((4, 8, 6, 7, 2), (4, 3, 4, 5, 3), "bilinear"),
+  "2d_bicubic": ((8, 12, 10, 3), (8, 6, 5, 2), "bicubic"),
+  "3d_tricubic": ((4, 8, 6, 7, 2), (4, 3, 4, 5, 3), "bicubic"),
+  "2d_nearest": ((8, 12, 10, 3), (8, 6, 5, 2), "nearest"),
 }
 inputs = {
-  k: (rng.normal(size=u), rng.uniform(-1.2, 1.2, size=g)) for k, (u, g) in CASES.items()
+  k: (rng.normal(size=u), rng.uniform(-1.2, 1.2, size=g), kernel)
+  for k, (u, g, kernel) in CASES.items()
 }
+sample = stn_jax.sample  # the case's kernel, set in the loop below
 
 
 def loss(u, g):  # needs the forward too, so XLA cannot drop it
-  return jnp.sum(stn_jax.sample(u, g) ** 2)
+  return jnp.sum(sample(u, g) ** 2)
 
 
 def calls():
   # Fresh traces: jit caches them by function, not by STN_JAX_NATIVE, which the reference
-  # below switches.
+  # below switches, nor by the global `sample`.
   jax.clear_caches()
-  return jax.jit(stn_jax.sample), jax.jit(jax.grad(loss, argnums=(0, 1)))
+  return jax.jit(sample), jax.jit(jax.grad(loss, argnums=(0, 1)))
 
 
 def kernels_and_collectives(f, *args):
@@ -56,7 +61,8 @@ def kernels_and_collectives(f, *args):
 
 
 arrays, out = {}, {}
-for case, (U, g) in inputs.items():
+for case, (U, g, kernel) in inputs.items():
+  sample = functools.partial(stn_jax.sample, kernel=kernel)
   for dtype in ("float32", "float64"):
     key = f"{case}_{dtype}"
     u, grid = U.astype(dtype), g.astype(dtype)
@@ -86,7 +92,7 @@ for case, (U, g) in inputs.items():
 
     def step(u, g):
       u, g = (jax.lax.with_sharding_constraint(x, batch) for x in (u, g))
-      return stn_jax.sample(u, g), *jax.grad(loss, argnums=(0, 1))(u, g)
+      return sample(u, g), *jax.grad(loss, argnums=(0, 1))(u, g)
 
     step = jax.jit(step, in_shardings=replicated, out_shardings=replicated)
     arrays[f"{key}_step"] = step(u, grid)
@@ -110,7 +116,7 @@ for case, (U, g) in inputs.items():
       out[f"{key}_explicit_spec"] = [list(r.sharding.spec)[:1] for r in results]
     specs = (P("batch"), P("batch"))
     body = jax.shard_map(
-      lambda u, g: (stn_jax.sample(u, g), *jax.grad(loss, argnums=(0, 1))(u, g)),
+      lambda u, g: (sample(u, g), *jax.grad(loss, argnums=(0, 1))(u, g)),
       mesh=mesh, in_specs=specs, out_specs=(P("batch"),) * 3,
     )
     arrays[f"{key}_shard_map"] = jax.jit(body)(u, grid)
@@ -119,7 +125,7 @@ for case, (U, g) in inputs.items():
     # A batch the devices do not divide (3 of 4 examples): XLA pads the shards, and the
     # kernels' padded rows must not reach the real ones. Compared with one device here.
     def both(u, g):
-      return stn_jax.sample(u, g), *jax.grad(loss, argnums=(0, 1))(u, g)
+      return sample(u, g), *jax.grad(loss, argnums=(0, 1))(u, g)
 
     def constrained(u, g):
       return both(*(jax.lax.with_sharding_constraint(x, batch) for x in (u, g)))
@@ -136,17 +142,33 @@ for case, (U, g) in inputs.items():
     shared = [jax.jit(both)(u[0], gs), jax.jit(both)(u[0], grid)]
     out[f"{key}_shared_equal"] = [bool(np.array_equal(a, b)) for a, b in zip(*shared)]
     out[f"{key}_shared_sharded"] = shared[0][0].sharding.is_equivalent_to(batch, grid.ndim)
-    out[f"{key}_hlo_shared"] = kernels_and_collectives(jax.jit(stn_jax.sample), u[0], gs)
+    out[f"{key}_hlo_shared"] = kernels_and_collectives(jax.jit(sample), u[0], gs)
 
 flat = {f"{k}_{i}": np.asarray(a) for k, v in arrays.items() for i, a in enumerate(v)}
 np.savez(f"{out_dir}/sharded_{devices}.npz", **flat)
 print("RESULT " + json.dumps(out))
 """
 
-CASES = [f"{case}_{dtype}" for case in ("2d", "3d") for dtype in ("float32", "float64")]
+KINDS = ("2d", "3d", "2d_bicubic", "3d_tricubic", "2d_nearest")  # SCRIPT's CASES
+CASES = [f"{case}_{dtype}" for case in KINDS for dtype in ("float32", "float64")]
 WHAT = ("V", "dU", "dgrid")
-KERNELS = ["StnBilinearFwd", "StnBilinearGridVjp", "StnBilinearUVjp"]
 SIZES = {"2d": (12, 10), "3d": (8, 6, 7)}  # U's spatial shape in SCRIPT
+# The passes a gradient of sum(V ** 2) runs, and the forward's, per kernel. Nearest has no
+# grid pass: its grid gradient is exactly 0.
+GRAD_KERNELS = {
+  "bilinear": ["StnBilinearFwd", "StnBilinearGridVjp", "StnBilinearUVjp"],
+  "cubic": ["StnCubicFwd", "StnCubicGridVjp", "StnCubicUVjp"],
+  "nearest": ["StnNearestFwd", "StnNearestUVjp"],
+}
+
+
+def _kind(case):
+  """The kernel family of a case name: bilinear, cubic or nearest."""
+  return "cubic" if "cubic" in case else "nearest" if "nearest" in case else "bilinear"
+
+
+def _dtype(case):
+  return case.rsplit("_", 1)[1]
 
 
 def _run(out, devices):
@@ -178,11 +200,14 @@ def test_single_device_kernels_match_the_float64_reference(result, case):
   # pixels carries round-off of a few ``eps * size`` pixels, which moves each output by at
   # most its slope times that: a few ``eps * size`` of the output's scale.
   _, arrays = result
+  # Cubic: its second derivative (|k''| <= 4.5 against the tent's 0 inside a cell) moves
+  # the grid gradient too, and 16 or 64 taps sum; a factor 16 covers both.
   single, reference = _three(arrays, f"{case}_single"), _three(arrays, f"{case}_reference")
   size = max(SIZES[case.split("_")[0]])
+  factor = 16 if _kind(case) == "cubic" else 1
   for what, a, b in zip(WHAT, single, reference, strict=True):
-    assert a.dtype == np.dtype(case.split("_")[1])
-    atol = 4 * np.finfo(a.dtype).eps * size * np.abs(b).max()
+    assert a.dtype == np.dtype(_dtype(case))
+    atol = 4 * factor * np.finfo(a.dtype).eps * size * np.abs(b).max()
     assert_close(a, b, f"{case} {what}", rtol=0, atol=atol)
 
 
@@ -210,23 +235,24 @@ def test_outputs_stay_batch_sharded(result, case):
 @pytest.mark.parametrize("case", CASES)
 def test_compiled_program_runs_the_kernels_with_no_gather(result, case):
   info, _ = result
-  assert info[f"{case}_hlo_fwd"] == [["StnBilinearFwd"], []]
+  kernels = GRAD_KERNELS[_kind(case)]
+  assert info[f"{case}_hlo_fwd"] == [kernels[:1], []]
   # Forward and both gradients on each shard; the only collective is none at all: the
   # loss's sum is not returned, and nothing is gathered.
-  assert info[f"{case}_hlo_grad"] == [KERNELS, []]
-  assert info[f"{case}_hlo_shard_map"] == [KERNELS, []]
+  assert info[f"{case}_hlo_grad"] == [kernels, []]
+  assert info[f"{case}_hlo_shard_map"] == [kernels, []]
   # Replicated in and out: the outputs are gathered at the end, but the kernels run.
-  assert info[f"{case}_hlo_step"][0] == KERNELS
-  assert info[f"{case}_hlo_replicated"] == [KERNELS, []]
+  assert info[f"{case}_hlo_step"][0] == kernels
+  assert info[f"{case}_hlo_replicated"] == [kernels, []]
   # U sharded along H: gathered before the kernels, which still run.
-  assert info[f"{case}_hlo_spatial"] == [KERNELS, ["all-gather"]]
+  assert info[f"{case}_hlo_spatial"] == [kernels, ["all-gather"]]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_indivisible_batch_runs_the_kernels_on_padded_shards(result, case):
   info, _ = result
   assert info[f"{case}_padded_equal"] == [True, True, True]
-  assert info[f"{case}_hlo_padded"][0] == KERNELS
+  assert info[f"{case}_hlo_padded"][0] == GRAD_KERNELS[_kind(case)]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -234,4 +260,4 @@ def test_one_image_with_sharded_grids_keeps_the_points_sharded(result, case):
   info, _ = result
   assert info[f"{case}_shared_equal"] == [True, True, True]
   assert info[f"{case}_shared_sharded"]
-  assert info[f"{case}_hlo_shared"] == [["StnBilinearFwd"], []]
+  assert info[f"{case}_hlo_shared"] == [GRAD_KERNELS[_kind(case)][:1], []]

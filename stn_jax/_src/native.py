@@ -1,4 +1,4 @@
-"""The bilinear sampler as JAX primitives with a compiled CPU kernel (``csrc/bilinear.cc``).
+"""The sampler as JAX primitives with compiled CPU kernels (``csrc/bilinear.cc``).
 
 Bilinear on images, trilinear on volumes (PyTorch's ``"bilinear"`` on 5-D input): the same
 primitives and the same C++ passes, templated on the number of spatial axes, which the
@@ -30,6 +30,14 @@ gather-based sampler everywhere. :func:`native_status` (public as
 ``stn_jax.native_status``) says which path runs and why. ``STN_JAX_NATIVE_LIBRARY=/path/to/lib.so``
 loads another build of ``csrc/`` instead of the installed one (``scripts/sanitize.sh``).
 
+Bicubic (tricubic on volumes: Keys' cubic, ``a = -0.75``, per-tap padding) and nearest run
+through the same four primitives with a ``kernel`` parameter (``"bicubic"``, ``"nearest"``;
+absent for bilinear), which picks the passes of ``csrc/separable_passes.inc`` and the
+reference (``gather.sample_gather`` with that kernel). Nearest has only ``fwd`` and
+``u_vjp`` passes: its grid derivatives are exactly 0, so its ``fwd`` JVP in the grid is a
+zero and ``grid_jvp``/``grid_vjp`` are never bound for it (bound directly, they lower to
+the reference).
+
 ``vmap`` with an unbatched image and batched grids folds the grids' batch into the
 points (:func:`_batch_shared_image`), so one image is never copied per grid.
 """
@@ -51,6 +59,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from stn_jax._src import gather, partitioning
+from stn_jax._src import kernels as kernels_lib
 
 _LIBRARY = "stn_jax._bilinear_cpu"
 _TARGETS = {
@@ -58,6 +67,18 @@ _TARGETS = {
   "u_vjp": "StnBilinearUVjp",
   "grid_jvp": "StnBilinearGridJvp",
   "grid_vjp": "StnBilinearGridVjp",
+}
+# The separable kernels' passes (csrc/separable_passes.inc), by the primitives' ``kernel``
+# parameter (absent: bilinear, ``_TARGETS``). Nearest has no grid passes: its samples do not
+# move with the grid, so its grid derivatives are exactly 0 without a kernel call.
+_SEPARABLE_TARGETS = {
+  "bicubic": {
+    "fwd": "StnCubicFwd",
+    "u_vjp": "StnCubicUVjp",
+    "grid_jvp": "StnCubicGridJvp",
+    "grid_vjp": "StnCubicGridVjp",
+  },
+  "nearest": {"fwd": "StnNearestFwd", "u_vjp": "StnNearestUVjp"},
 }
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -81,7 +102,8 @@ def _load_result() -> tuple[bool, str]:
   path = path or spec.origin
   try:
     library = ctypes.CDLL(path)
-    for symbol in _TARGETS.values():
+    symbols = [*_TARGETS.values(), *(t for k in _SEPARABLE_TARGETS.values() for t in k.values())]
+    for symbol in symbols:
       jax.ffi.register_ffi_target(symbol, jax.ffi.pycapsule(getattr(library, symbol)), "cpu")
   except Exception as error:  # a broken build or a jaxlib it does not fit: fall back, say so
     reason = (
@@ -99,7 +121,7 @@ def _load() -> bool:
 
 
 def available() -> bool:
-  """Whether ``sample`` uses the compiled bilinear kernels on the CPU."""
+  """Whether ``sample`` uses the compiled kernels (bilinear, bicubic, nearest) on the CPU."""
   if os.environ.get("STN_JAX_NATIVE", "1") == "0":
     return False
   return _load()
@@ -118,14 +140,16 @@ def native_status() -> NativeStatus:
   ``available`` is True when the compiled extension is built and loads, ``STN_JAX_NATIVE``
   is not ``0`` and the default JAX backend is the CPU (one device, or several: a
   batch-sharded call runs the kernels on each shard, a spatially sharded one is gathered
-  first). Then
-  ``sample`` runs the kernels for every call they cover: ``kernel="bilinear"`` (trilinear
-  on volumes; with ``antialias=True`` too, for its reads), ``U`` of dtype float32 or
-  float64 with a grid of the same or a narrower float dtype (so the compute dtype is
-  ``U``'s), no empty spatial axis, and fewer than ``2**31`` elements in one example of
-  ``U``. Every other call, and every call when ``available`` is False, runs the pure-JAX
-  sampler: the same values and derivatives (to float round-off), slower on the CPU. The
-  environment variable is read each time a function is traced; the rest once per process.
+  first). Then ``sample`` runs the kernels for every call they cover: ``kernel="bilinear"``,
+  ``"bicubic"`` and ``"nearest"`` (trilinear, tricubic and nearest on volumes; with
+  ``antialias=True`` too, for its reads; a user-built :class:`stn_jax.Kernel`, even Keys'
+  cubic rebuilt by ``stn_jax.kernels.keys_cubic``, runs the pure-JAX sampler), ``U`` of
+  dtype float32 or float64 with a grid of the same or a narrower float dtype (so the
+  compute dtype is ``U``'s), no empty spatial axis, and fewer than ``2**31`` elements in
+  one example of ``U``. Every other call, and every call when ``available`` is False,
+  runs the pure-JAX sampler: the same values and derivatives (to float round-off), slower
+  on the CPU. The environment variable is read each time a function is traced; the rest
+  once per process.
 
   Returns:
     A :class:`stn_jax.NativeStatus` ``(available, reason)``: a bool and a sentence
@@ -214,12 +238,35 @@ def sample_one(u, g, kernel, padding_mode: str, align_corners: bool, pixels: boo
   """One example: ``u`` is ``(*S, C)``, ``g`` is ``(*So, d)`` in the compute dtype
   (normalised, or in pixels with ``pixels=True``).
 
-  Bilinear float32/float64 images and (trilinear) volumes run the compiled kernels where
-  they are built (the same values and derivatives); everything else the gather sampler.
+  Bilinear, bicubic and nearest float32/float64 images and volumes run the compiled
+  kernels where they are built (the same values and derivatives); everything else the
+  gather sampler.
   """
-  if kernel == "bilinear" and 0 not in u.shape[:-1] and usable(u, g):
-    return sample_linear(u, g, padding_mode, align_corners, pixels)
+  compiled = _compiled_kernel(kernel)
+  if compiled is not None and 0 not in u.shape[:-1] and usable(u, g):
+    if compiled == "bilinear":
+      return sample_linear(u, g, padding_mode, align_corners, pixels)
+    return sample_separable(u, g, compiled, padding_mode, align_corners, pixels)
   return gather.sample_gather(u, g, kernel, padding_mode, align_corners, pixels=pixels)
+
+
+def _compiled_kernel(kernel) -> str | None:
+  """The compiled kernel that runs a resolved ``kernel``: ``"bilinear"``, ``"nearest"``,
+  ``"bicubic"`` (only the object ``kernels.resolve("bicubic")`` returns: Keys' cubic with
+  ``a = -0.75``; a user-built :class:`stn_jax.Kernel` runs the gather sampler) or None."""
+  if isinstance(kernel, str):
+    return kernel if kernel in ("bilinear", "nearest") else None
+  return "bicubic" if kernel is kernels_lib.resolve("bicubic") else None
+
+
+def sample_separable(u, g, kernel: str, padding_mode: str, align_corners: bool, pixels=False):
+  """``V`` by the compiled ``kernel`` (``"bicubic"``: bicubic on images, tricubic on volumes;
+  or ``"nearest"``), shapes as in :func:`sample_linear`: the same primitives with a
+  ``kernel`` parameter, which picks the passes of ``csrc/separable_passes.inc``."""
+  _partitionable_ready()
+  return fwd_p.bind(
+    u, g, padding_mode=padding_mode, align_corners=align_corners, pixels=bool(pixels), kernel=kernel
+  )
 
 
 def _ndim(g) -> int:
@@ -246,8 +293,9 @@ def _leading(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
 
 
 @_leading
-def _ref_fwd(u, g, *, padding_mode, align_corners, pixels):
-  return gather.sample_gather(u, g, "bilinear", padding_mode, align_corners, pixels=pixels)
+def _ref_fwd(u, g, *, padding_mode, align_corners, pixels, kernel="bilinear"):
+  kernel = kernels_lib.resolve(kernel)  # "bicubic": Keys' cubic, as sample resolves it
+  return gather.sample_gather(u, g, kernel, padding_mode, align_corners, pixels=pixels)
 
 
 def _ref_u_vjp(ct, g, *, size, **params):
@@ -293,11 +341,13 @@ def _define(name: str, shape_rule, reference, linear: tuple[int, ...]) -> Primit
   p = Primitive(f"stn_bilinear_{name}")
   p.def_impl(functools.partial(dispatch.apply_primitive, p))
   p.def_abstract_eval(shape_rule)
-  target = jax.ffi.ffi_lowering(_TARGETS[name])
   fallback = mlir.lower_fun(reference, multiple_results=False)
 
   def cpu_lowering(ctx, *args, padding_mode, align_corners, **params):
-    if not _load():  # bound directly (not through ``sample``) without the library built
+    symbol = _target(name, params.get("kernel", "bilinear"))
+    # Bound directly (not through ``sample``) without the library built, or a pass the
+    # kernel has no compiled code for (nearest's grid passes).
+    if not _load() or symbol is None:
       return fallback(ctx, *args, padding_mode=padding_mode, align_corners=align_corners, **params)
     padding = np.int32(gather.PADDING_CODES[padding_mode])
     limit = np.float64(gather.COORD_LIMIT)
@@ -308,8 +358,8 @@ def _define(name: str, shape_rule, reference, linear: tuple[int, ...]) -> Primit
       coord_limit=limit,
     )
     if not _single_cpu_device():
-      return _partitionable(name, ctx, args, attributes)
-    return target(ctx, *args, **attributes)
+      return _partitionable(name, symbol, ctx, args, attributes)
+    return jax.ffi.ffi_lowering(symbol)(ctx, *args, **attributes)
 
   mlir.register_lowering(p, cpu_lowering, platform="cpu")
   mlir.register_lowering(p, fallback)
@@ -319,14 +369,19 @@ def _define(name: str, shape_rule, reference, linear: tuple[int, ...]) -> Primit
   return p
 
 
-def _partitionable(name: str, ctx, args, attributes):
+def _target(name: str, kernel: str) -> str | None:
+  """The FFI target of pass ``name`` for ``kernel``; None where it has none."""
+  return _TARGETS[name] if kernel == "bilinear" else _SEPARABLE_TARGETS[kernel].get(name)
+
+
+def _partitionable(name: str, symbol: str, ctx, args, attributes):
   """The kernel call on several CPU devices: split over the leading (batch) dims by
   :mod:`partitioning`'s rule, so a batch-sharded call runs the kernel on each shard."""
   (result,) = ctx.avals_out
 
   def call(*arrays):
     shape = jax.ShapeDtypeStruct(result.shape, result.dtype)
-    return partitioning.kernel_call(_TARGETS[name], name, arrays, shape, **attributes)
+    return partitioning.kernel_call(symbol, name, arrays, shape, **attributes)
 
   return mlir.lower_fun(call, multiple_results=False)(ctx, *args)
 
@@ -390,6 +445,8 @@ def _jvp(p: Primitive, primals, tangents, **params):
   for i, t in enumerate(tangents):
     if type(t) is ad.Zero:
       continue
+    if p is fwd_p and i == 1 and params.get("kernel") == "nearest":
+      continue  # nearest's samples do not move with the grid: the tangent is exactly 0
     if i in p.linear:
       args = list(primals)
       args[i] = t
