@@ -72,18 +72,24 @@ def _grads(f, U, grid, ct):
   return (out, *vjp(ct))
 
 
-def _both_ways(fn, *args):
-  """``fn(*args)`` with the fused pass, then with the two single passes (fresh traces)."""
-  results = []
-  for fused in (True, False):
-    jax.clear_caches()
-    native.FUSE_BACKWARD = fused
-    try:
-      results.append(jax.jit(fn)(*args))
-    finally:
-      native.FUSE_BACKWARD = True
-      jax.clear_caches()
-  return results
+VARIANTS = ((False, False), (True, False), (False, True))  # (pixels, hostile)
+
+
+def _variant_inputs(rng, case, channels, dtype):
+  """(U, grid, ct) for each of VARIANTS; an inf cotangent at a hostile (NaN) point."""
+  arrays = []
+  for pixels, hostile in VARIANTS:
+    U, grid = _inputs(rng, case, channels, dtype, pixels=pixels, hostile=hostile)
+    ct = jnp.asarray(rng.normal(size=grid.shape[:-1] + (channels,)).astype(dtype))
+    ct = ct.at[(0,) * (grid.ndim - 1)].set(jnp.inf) if hostile else ct
+    arrays.append((U, grid, ct))
+  return arrays
+
+
+def _compiled(fn, *args):
+  """``jit(fn)(*args)`` and the lowered program's text (one trace, one compile)."""
+  lowered = jax.jit(fn).lower(*args)
+  return lowered.compile()(*args), lowered.as_text()
 
 
 CASES = [
@@ -100,15 +106,25 @@ CASES = [
 def test_fused_equals_the_single_passes_bitwise(
   rng, case, channels, padding_mode, align_corners, dtype
 ):
-  for pixels, hostile in ((False, False), (True, False), (False, True)):
-    U, grid = _inputs(rng, case, channels, dtype, pixels=pixels, hostile=hostile)
-    ct = jnp.asarray(rng.normal(size=grid.shape[:-1] + (channels,)).astype(dtype))
-    ct = ct.at[(0,) * (grid.ndim - 1)].set(jnp.inf) if hostile else ct
-    f = _kernels(padding_mode, align_corners, pixels)
-    fused, single = _both_ways(lambda u, g, c, f=f: _grads(f, u, g, c), U, grid, ct)
+  def run(arrays):
+    # FUSE_BACKWARD is read when the JVP is traced: both ways in one program.
+    out = []
+    try:
+      for (U, grid, ct), (pixels, _) in zip(arrays, VARIANTS, strict=True):
+        for fused in (True, False):
+          native.FUSE_BACKWARD = fused
+          out.append(_grads(_kernels(padding_mode, align_corners, pixels), U, grid, ct))
+    finally:
+      native.FUSE_BACKWARD = True
+    return out
+
+  results, text = _compiled(run, _variant_inputs(rng, case, channels, dtype))
+  assert "StnBilinearUGridVjp" in text and "StnBilinearUVjp" in text
+  for i, variant in enumerate(VARIANTS):
+    fused, single = results[2 * i], results[2 * i + 1]
     for what, a, b in zip(("V", "dU", "dgrid"), fused, single, strict=True):
       assert a.dtype == dtype
-      np.testing.assert_array_equal(a, b, err_msg=f"{what} pixels={pixels} hostile={hostile}")
+      np.testing.assert_array_equal(a, b, err_msg=f"{what} (pixels, hostile) = {variant}")
 
 
 @pytest.mark.parametrize("case,channels,padding_mode,align_corners", CASES)
@@ -118,19 +134,18 @@ def test_fused_equals_the_float64_reference(rng, case, channels, padding_mode, a
   # each a product of |ct|, a tap value or a difference of two (<= 2 |U|), d weights
   # (<= 1) and a slope (<= max(size / 2, 1) pixels per unit); each term carries at most
   # d + 4 roundings and the sum k more, so |error| <= (k + d + 4) * eps * k * max|term|.
-  for pixels, hostile in ((False, False), (True, False), (False, True)):
-    U, grid = _inputs(rng, case, channels, np.float64, pixels=pixels, hostile=hostile)
-    ct = jnp.asarray(rng.normal(size=grid.shape[:-1] + (channels,)))
-    ct = ct.at[(0,) * (grid.ndim - 1)].set(jnp.inf) if hostile else ct
-    kernels, reference = (
-      jax.jit(lambda u, g, c, f=f: _grads(f, u, g, c))
-      for f in (
-        _kernels(padding_mode, align_corners, pixels),
-        _reference(padding_mode, align_corners, pixels),
-      )
-    )
-    assert "StnBilinearUGridVjp" in kernels.lower(U, grid, ct).as_text()
-    fast, ref = kernels(U, grid, ct), reference(U, grid, ct)
+  def run(arrays):
+    out = []
+    for (U, grid, ct), (pixels, _) in zip(arrays, VARIANTS, strict=True):
+      for sampler in (_kernels, _reference):
+        out.append(_grads(sampler(padding_mode, align_corners, pixels), U, grid, ct))
+    return out
+
+  arrays = _variant_inputs(rng, case, channels, np.float64)
+  results, text = _compiled(run, arrays)
+  assert "StnBilinearUGridVjp" in text
+  for i, (U, grid, ct) in enumerate(arrays):
+    fast, ref = results[2 * i], results[2 * i + 1]
     d = grid.shape[-1]
     k = 2**d * channels * grid[0, ..., 0].size
     finite_max = lambda x: np.abs(np.where(np.isfinite(x), x, 0)).max()  # noqa: E731
@@ -138,7 +153,7 @@ def test_fused_equals_the_float64_reference(rng, case, channels, padding_mode, a
     atol = (k + d + 4) * np.finfo(np.float64).eps * k * term
     for what, a, b in zip(("V", "dU", "dgrid"), fast, ref, strict=True):
       np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=what)
-      np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=f"{what} pixels={pixels}")
+      np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=f"{what} {VARIANTS[i]}")
 
 
 def _targets(fn, *args):

@@ -13,6 +13,13 @@ array argument:
 ``fwd``'s JVP is ``fwd(dU, grid) + grid_jvp(U, grid, dgrid)``, and each transposes to
 another of the four, so first derivatives in either mode run only compiled kernels: the
 U-gradient is one scatter pass, the grid gradient one pass, with no per-tap temporaries.
+When reverse mode needs both, they come from one pass: with both tangents non-zero the
+JVP is one primitive, ``tangent(U, grid, dU, dgrid)`` (linear in ``(dU, dgrid)``), whose
+transpose is ``u_grid_vjp(U, grid, ct) -> (dU, dgrid)``, one C++ sweep that computes each
+point's taps once for both cotangents (``FUSE_BACKWARD`` switches this off, for
+comparisons). A symbolic-zero tangent keeps the single pass, so the grid gradient alone
+never computes ``dU``. Forward mode, ``vmap`` and higher derivatives of these two go
+through their decomposition into the four primitives.
 Derivatives the kernels do not cover (w.r.t. the grid of ``u_vjp``, ``grid_jvp`` and
 ``grid_vjp``, i.e. second derivatives in the grid) fall back to JAX's autodiff of the
 gather-based sampler in ``gather.py``, which is also each primitive's reference and its
