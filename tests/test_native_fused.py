@@ -196,10 +196,8 @@ def _derivatives(U, grid):
     *jax.grad(loss, (0, 1))(U, grid),
     # Second order through the fused pass: its JVP (forward over reverse) and the
     # transposes of that JVP (reverse over reverse).
-    *jax.jacfwd(jax.grad(loss, (0, 1)), 0)(U, grid),
     *jax.jacfwd(jax.grad(loss, (0, 1)), 1)(U, grid),
-    *jax.jacrev(lambda u, g: jax.grad(loss, (0, 1))(u, g)[0], (0, 1))(U, grid),
-    *jax.jacrev(lambda u, g: jax.grad(loss, (0, 1))(u, g)[1], (0, 1))(U, grid),
+    jax.jacrev(lambda u, g: jax.grad(loss, (0, 1))(u, g)[1], 0)(U, grid),
   ]
 
 
@@ -207,7 +205,7 @@ def _derivatives(U, grid):
 def test_jvp_and_second_derivatives_equal_the_reference(rng, pure_jax, case):
   (n, *spatial), out = SHAPES[case]
   U, grid = _inputs(rng, case, 2, np.float64)
-  U, grid = U[:1, ..., :4, :], grid[:1, ..., :3, :]  # small: the Jacobians are dense
+  U, grid = U[:1, ..., :3, :], grid[:1, ..., :2, :]  # small: the Jacobians are dense
   hlo = jax.jit(jax.grad(lambda u, g: jnp.sum(jnp.sin(stn_jax.sample(u, g))), (0, 1)))
   assert "StnBilinearUGridVjp" in hlo.lower(U, grid).compile().as_text()
   fast, ref = _derivatives(U, grid), pure_jax(_derivatives, U, grid)
