@@ -403,7 +403,9 @@ def bench_workload(wl: Workload, args, device: str) -> list[dict]:
   U, grid, R, _ = make_inputs(wl)
   Uj, gj, Rj = (jax.device_put(a) for a in (U, grid, R))
   rows = []
-  passes = ("fwd", "fwd+bwd", "fwd+bwd V^2") if wl.volume else ("fwd", "fwd+bwd")
+  # fwd+bwd: the linear loss sum(V * R), whose backward needs no V; V^2: sum(V ** 2), a
+  # nonlinear loss whose backward needs the forward's V too (a training step's shape).
+  passes = ("fwd", "fwd+bwd", "fwd+bwd V^2")
   for pass_name in passes:
     grad = pass_name != "fwd"
     square = pass_name == "fwd+bwd V^2"

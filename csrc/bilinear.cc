@@ -410,6 +410,62 @@ ffi::Error UVjp(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer grid,
   return ffi::Error::Success();
 }
 
+// dU and dgrid of Fwd for one cotangent: the transpose of Fwd's JVP in (U, grid) jointly.
+// One fused sweep over the batch (the taps prepared once, not once per pass); with fewer
+// examples than threads, the separate passes instead (UVjp by example, GridVjp by rows),
+// which keep more threads busy. Either way the same arithmetic per output: the same bits.
+ffi::Error UGridVjp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
+                    ffi::AnyBuffer ct, ffi::Result<ffi::AnyBuffer> du,
+                    ffi::Result<ffi::AnyBuffer> dgrid, int32_t padding, bool align_corners,
+                    bool pixels, double coord_limit) {
+  int dims;
+  Shape us, gs, cs, dus, ds;
+  STN_RETURN_IF_ERROR(CheckPadding(padding));
+  STN_RETURN_IF_ERROR(CheckLimit(coord_limit));
+  STN_RETURN_IF_ERROR(GridDims(grid, dims));
+  STN_RETURN_IF_ERROR(ReadShape(u, dims, "U", us));
+  us.pixels = pixels;
+  STN_RETURN_IF_ERROR(ReadShape(grid, dims, "grid", gs));
+  STN_RETURN_IF_ERROR(ReadShape(ct, dims, "cotangent", cs));
+  STN_RETURN_IF_ERROR(ReadShape(*du, dims, "U cotangent", dus));
+  STN_RETURN_IF_ERROR(ReadShape(*dgrid, dims, "grid cotangent", ds));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, cs, us.last));
+  STN_RETURN_IF_ERROR(CheckCommon(us, gs, ds, dims));
+  if (dus.batch != us.batch || dus.last != us.last || dus.Points() != us.Points()) {
+    return ffi::Error::InvalidArgument("the U cotangent must have U's shape");
+  }
+  for (ffi::DataType other : {grid.element_type(), ct.element_type(), du->element_type(),
+                              dgrid->element_type()}) {
+    STN_RETURN_IF_ERROR(CheckFloat(u.element_type(), other));
+  }
+  if (EmptyImage(us)) {
+    FillZero(*dgrid);
+    return ffi::Error::Success();  // dU has no elements
+  }
+  const bool fused = pool.num_threads() <= 1 || gs.batch >= pool.num_threads();
+  Dispatch(u.element_type(), dims, padding, align_corners, us.last == 1,
+           [&](auto zero, auto d, auto p, auto a, auto one) {
+             using T = decltype(zero);
+             const T* uu = u.typed_data<T>();
+             const T* g = grid.typed_data<T>();
+             const T* c = ct.typed_data<T>();
+             T* dui = du->typed_data<T>();
+             T* dg = dgrid->typed_data<T>();
+             const T limit = static_cast<T>(coord_limit);
+             if (fused) {
+               Pick(&avx2::UGridVjpImpl<T, d, p, a, one>,
+                    &portable::UGridVjpImpl<T, d, p, a, one>)(pool, uu, g, c, dui, dg, us, gs,
+                                                               limit);
+               return;
+             }
+             Pick(&avx2::GridVjpImpl<T, d, p, a, one>, &portable::GridVjpImpl<T, d, p, a, one>)(
+                 pool, uu, g, c, dg, us, gs, limit);
+             Pick(&avx2::UVjpImpl<T, d, p, a, one>, &portable::UVjpImpl<T, d, p, a, one>)(
+                 pool, c, g, dui, us, gs, limit);
+           });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearFwd, Fwd,
@@ -458,6 +514,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearUVjp, UVjp,
                                   .Attr<bool>("pixels")
                                   .Attr<double>("coord_limit"));
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearUGridVjp, UGridVjp,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int32_t>("padding")
+                                  .Attr<bool>("align_corners")
+                                  .Attr<bool>("pixels")
+                                  .Attr<double>("coord_limit"));
 // ---------------------------------------------------------------------------------------
 // Bicubic / tricubic (Keys, a = -0.75, per-tap padding) and nearest: the passes of
 // separable_passes.inc behind the same checks and dispatch as the bilinear handlers above.

@@ -7,7 +7,9 @@ across threads, and prints a hash of the bytes of ``V``, ``dU`` and ``dgrid`` (t
 gradients of ``sum(V ** 2)``) for two calls. The kernels' U-gradient is a scatter (many
 points add into one pixel), the one place where threads could reorder a sum: it splits
 the work by example, each example's points added by one thread in point order, so the
-order does not depend on the thread count. The pure-JAX path on the CPU is checked too.
+order does not depend on the thread count. Both gradients come from one fused pass, or,
+with fewer examples than threads, from the two single passes: the same arithmetic, so the
+same bits. The pure-JAX path on the CPU is checked too.
 """
 
 import hashlib
@@ -58,6 +60,9 @@ CASES = {
   "image_1ch": ((6, 48, 40, 1), (6, 37, 33, 2), "bilinear"),
   "image_3ch": ((6, 48, 40, 3), (6, 37, 33, 2), "bilinear"),
   "volume_2ch": ((4, 10, 14, 12, 2), (4, 9, 11, 13, 3), "bilinear"),
+  # One example: on 2 threads the fused backward pass hands over to the two single passes
+  # (more parallel with fewer examples than threads), on 1 it runs fused: the same bits.
+  "one_image_3ch": ((1, 48, 40, 3), (1, 37, 33, 2), "bilinear"),
   "image_3ch_bicubic": ((6, 48, 40, 3), (6, 37, 33, 2), "bicubic"),
   "volume_2ch_tricubic": ((4, 6, 7, 8, 2), (4, 5, 6, 7, 3), "bicubic"),
   "image_9ch_nearest": ((6, 48, 40, 9), (6, 37, 33, 2), "nearest"),

@@ -69,6 +69,8 @@ for case, (U, g, kernel) in inputs.items():
     if devices == 1:
       fwd, grad = calls()
       arrays[f"{key}_single"] = [fwd(u, grid), *grad(u, grid)]
+      for argnums in (0, 1):
+        arrays[f"{key}_grad{argnums}_single"] = [jax.jit(jax.grad(loss, argnums))(u, grid)]
       assert kernels_and_collectives(grad, u, grid)[0], "the single-device run missed the kernels"
       os.environ["STN_JAX_NATIVE"] = "0"
       fwd, grad = calls()
@@ -86,6 +88,11 @@ for case, (U, g, kernel) in inputs.items():
     out[f"{key}_shards"] = [sorted(s.data.shape[0] for s in r.addressable_shards) for r in results]
     out[f"{key}_hlo_fwd"] = kernels_and_collectives(fwd, us, gs)
     out[f"{key}_hlo_grad"] = kernels_and_collectives(grad, us, gs)
+    # One gradient: its single pass, also split over the batch (both: the fused pass).
+    for argnums in (0, 1):
+      one = jax.jit(jax.grad(loss, argnums))
+      arrays[f"{key}_grad{argnums}_sharded"] = [one(us, gs)]
+      out[f"{key}_hlo_grad{argnums}"] = kernels_and_collectives(one, us, gs)
 
     # The training step's pattern: replicated in and out, the batch constrained inside.
     replicated = NamedSharding(mesh, P())
@@ -156,7 +163,7 @@ SIZES = {"2d": (12, 10), "3d": (8, 6, 7)}  # U's spatial shape in SCRIPT
 # The passes a gradient of sum(V ** 2) runs, and the forward's, per kernel. Nearest has no
 # grid pass: its grid gradient is exactly 0.
 GRAD_KERNELS = {
-  "bilinear": ["StnBilinearFwd", "StnBilinearGridVjp", "StnBilinearUVjp"],
+  "bilinear": ["StnBilinearFwd", "StnBilinearUGridVjp"],  # both gradients: the fused pass
   "cubic": ["StnCubicFwd", "StnCubicGridVjp", "StnCubicUVjp"],
   "nearest": ["StnNearestFwd", "StnNearestUVjp"],
 }
@@ -223,6 +230,17 @@ def test_sharded_values_equal_one_device_bitwise(result, case, layout):
     assert np.array_equal(a, b), f"{case} {layout} {what}: max |diff| {np.abs(a - b).max()}"
 
 
+@pytest.mark.parametrize("argnums", [0, 1])
+@pytest.mark.parametrize("case", CASES)
+def test_one_gradient_sharded_equals_the_fused_gradient_bitwise(result, case, argnums):
+  # The single passes (one gradient taken) and the fused pass (both) give the same bits.
+  _, arrays = result
+  both = _three(arrays, f"{case}_single")[1 + argnums]
+  for layout in ("sharded", "single"):
+    one = arrays[f"{case}_grad{argnums}_{layout}_0"]
+    assert np.array_equal(one, both), f"{case} {layout} grad {argnums}"
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_outputs_stay_batch_sharded(result, case):
   info, _ = result
@@ -241,6 +259,12 @@ def test_compiled_program_runs_the_kernels_with_no_gather(result, case):
   # loss's sum is not returned, and nothing is gathered.
   assert info[f"{case}_hlo_grad"] == [kernels, []]
   assert info[f"{case}_hlo_shard_map"] == [kernels, []]
+  # One gradient: its single pass (nearest's grid gradient is 0 and needs no pass at all).
+  prefix = kernels[0].removesuffix("Fwd")
+  assert info[f"{case}_hlo_grad0"] == [[kernels[0], f"{prefix}UVjp"], []]
+  expected_grad1 = [] if _kind(case) == "nearest" else [kernels[0], f"{prefix}GridVjp"]
+  assert set(info[f"{case}_hlo_grad1"][0]) - {kernels[0]} == set(expected_grad1[1:])
+  assert info[f"{case}_hlo_grad1"][1] == []
   # Replicated in and out: the outputs are gathered at the end, but the kernels run.
   assert info[f"{case}_hlo_step"][0] == kernels
   assert info[f"{case}_hlo_replicated"] == [kernels, []]

@@ -13,6 +13,13 @@ array argument:
 ``fwd``'s JVP is ``fwd(dU, grid) + grid_jvp(U, grid, dgrid)``, and each transposes to
 another of the four, so first derivatives in either mode run only compiled kernels: the
 U-gradient is one scatter pass, the grid gradient one pass, with no per-tap temporaries.
+When reverse mode needs both, they come from one pass: with both tangents non-zero the
+JVP is one primitive, ``tangent(U, grid, dU, dgrid)`` (linear in ``(dU, dgrid)``), whose
+transpose is ``u_grid_vjp(U, grid, ct) -> (dU, dgrid)``, one C++ sweep that computes each
+point's taps once for both cotangents (``FUSE_BACKWARD`` switches this off, for
+comparisons). A symbolic-zero tangent keeps the single pass, so the grid gradient alone
+never computes ``dU``. Forward mode, ``vmap`` and higher derivatives of these two go
+through their decomposition into the four primitives.
 Derivatives the kernels do not cover (w.r.t. the grid of ``u_vjp``, ``grid_jvp`` and
 ``grid_vjp``, i.e. second derivatives in the grid) fall back to JAX's autodiff of the
 gather-based sampler in ``gather.py``, which is also each primitive's reference and its
@@ -67,6 +74,7 @@ _TARGETS = {
   "u_vjp": "StnBilinearUVjp",
   "grid_jvp": "StnBilinearGridJvp",
   "grid_vjp": "StnBilinearGridVjp",
+  "u_grid_vjp": "StnBilinearUGridVjp",
 }
 # The separable kernels' passes (csrc/separable_passes.inc), by the primitives' ``kernel``
 # parameter (absent: bilinear, ``_TARGETS``). Nearest has no grid passes: its samples do not
@@ -81,6 +89,9 @@ _SEPARABLE_TARGETS = {
   "nearest": {"fwd": "StnNearestFwd", "u_vjp": "StnNearestUVjp"},
 }
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Whether reverse mode computes dU and dgrid in one pass (``u_grid_vjp``) when it needs
+# both; read at trace time. Benchmarks and tests switch it off to compare with two passes.
+FUSE_BACKWARD = True
 
 
 @functools.cache
@@ -336,12 +347,15 @@ def _shape_grid_vjp(u, g, ct, **_):
   return partitioning.result_aval((u, g, ct), g.shape, g.dtype)
 
 
-def _define(name: str, shape_rule, reference, linear: tuple[int, ...]) -> Primitive:
+def _define(
+  name: str, shape_rule, reference, linear: tuple[int, ...], multiple_results: bool = False
+) -> Primitive:
   """A primitive lowered to the CPU kernel ``name`` and elsewhere to ``reference``."""
   p = Primitive(f"stn_bilinear_{name}")
+  p.multiple_results = multiple_results
   p.def_impl(functools.partial(dispatch.apply_primitive, p))
   p.def_abstract_eval(shape_rule)
-  fallback = mlir.lower_fun(reference, multiple_results=False)
+  fallback = mlir.lower_fun(reference, multiple_results=multiple_results)
 
   def cpu_lowering(ctx, *args, padding_mode, align_corners, **params):
     symbol = _target(name, params.get("kernel", "bilinear"))
@@ -377,13 +391,14 @@ def _target(name: str, kernel: str) -> str | None:
 def _partitionable(name: str, symbol: str, ctx, args, attributes):
   """The kernel call on several CPU devices: split over the leading (batch) dims by
   :mod:`partitioning`'s rule, so a batch-sharded call runs the kernel on each shard."""
-  (result,) = ctx.avals_out
+  shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in ctx.avals_out)
+  several = len(shapes) > 1
 
   def call(*arrays):
-    shape = jax.ShapeDtypeStruct(result.shape, result.dtype)
-    return partitioning.kernel_call(symbol, name, arrays, shape, **attributes)
+    result = shapes if several else shapes[0]
+    return partitioning.kernel_call(symbol, name, arrays, result, **attributes)
 
-  return mlir.lower_fun(call, multiple_results=False)(ctx, *args)
+  return mlir.lower_fun(call, multiple_results=several)(ctx, *args)
 
 
 def _batch(p: Primitive, args, dims, **params):
@@ -430,7 +445,6 @@ fwd_p = _define("fwd", _shape_fwd, _ref_fwd, linear=(0,))
 u_vjp_p = _define("u_vjp", _shape_u_vjp, _ref_u_vjp, linear=(0,))
 grid_jvp_p = _define("grid_jvp", _shape_grid_jvp, _ref_grid_jvp, linear=(0, 2))
 grid_vjp_p = _define("grid_vjp", _shape_grid_vjp, _ref_grid_vjp, linear=(0, 2))
-_PRIMITIVES = (fwd_p, u_vjp_p, grid_jvp_p, grid_vjp_p)
 
 
 def _add(a, b):
@@ -441,6 +455,11 @@ def _jvp(p: Primitive, primals, tangents, **params):
   """Linear arguments: ``p`` itself. ``fwd``'s grid: ``grid_jvp``. Other grids: JAX's jvp
   of the reference (second derivatives in the grid)."""
   out = p.bind(*primals, **params)
+  fusable = p is fwd_p and params.get("kernel", "bilinear") == "bilinear"
+  if fusable and FUSE_BACKWARD and not any(type(t) is ad.Zero for t in tangents):
+    # Both tangents: one primitive, so that reverse mode gets both cotangents in one pass
+    # (bilinear only: the separable kernels have no fused pass; theirs are two).
+    return out, tangent_p.bind(*primals, *tangents, **params)
   tangent = None
   for i, t in enumerate(tangents):
     if type(t) is ad.Zero:
@@ -515,3 +534,99 @@ def _sampling_params(params):
 
 for _p in (fwd_p, u_vjp_p, grid_jvp_p, grid_vjp_p):
   ad.primitive_transposes[_p] = functools.partial(_transpose, _p)
+
+
+# ---------------------------------------------------------------------------------------
+# Both gradients in one pass. ``fwd``'s JVP with both tangents non-zero is one primitive,
+# ``tangent(U, grid, dU, dgrid) = fwd(dU, grid) + grid_jvp(U, grid, dgrid)``, linear in
+# ``(dU, dgrid)`` jointly, so that its transpose can ask for both cotangents at once:
+# ``u_grid_vjp(U, grid, ct) -> (dU, dgrid)``, one kernel sweep that prepares each point's
+# taps once for both (PyTorch's backward does the same). With one tangent a symbolic zero,
+# the JVP stays the single pass it was, so a grid-only gradient never computes ``dU``.
+# Everything else about the two (forward mode, vmap, higher derivatives) is their
+# decomposition into the four primitives above.
+
+
+def _tangent_parts(u, g, du, dg, **params):
+  return fwd_p.bind(du, g, **params) + grid_jvp_p.bind(u, g, dg, **params)
+
+
+def _u_grid_vjp_parts(u, g, ct, **params):
+  size = tuple(np.shape(u)[-(_ndim(g) + 1) : -1])
+  return u_vjp_p.bind(ct, g, size=size, **params), grid_vjp_p.bind(u, g, ct, **params)
+
+
+def _ref_u_grid_vjp(u, g, ct, **params):
+  size = tuple(np.shape(u)[-(_ndim(g) + 1) : -1])
+  return _ref_u_vjp(ct, g, size=size, **params), _ref_grid_vjp(u, g, ct, **params)
+
+
+def _shape_u_grid_vjp(u, g, ct, **_):
+  avals = (u, g, ct)
+  return (
+    partitioning.result_aval(avals, u.shape, u.dtype),
+    partitioning.result_aval(avals, g.shape, g.dtype),
+  )
+
+
+tangent_p = Primitive("stn_bilinear_tangent")
+tangent_p.def_impl(_tangent_parts)
+tangent_p.def_abstract_eval(lambda u, g, du, dg, **_: _shape_fwd(u, g))
+mlir.register_lowering(tangent_p, mlir.lower_fun(_tangent_parts, multiple_results=False))
+u_grid_vjp_p = _define(
+  "u_grid_vjp", _shape_u_grid_vjp, _ref_u_grid_vjp, linear=(2,), multiple_results=True
+)
+_PRIMITIVES = (fwd_p, u_vjp_p, grid_jvp_p, grid_vjp_p, tangent_p, u_grid_vjp_p)
+
+
+def _jvp_by_parts(p: Primitive, parts, primals, tangents, **params):
+  """``p``'s JVP: ``p`` itself for the primal, JAX's JVP of its decomposition ``parts``
+  into the single-pass primitives for the tangent (forward mode, higher derivatives)."""
+  out = p.bind(*primals, **params)
+  tangents = tuple(ad.instantiate_zeros(t) for t in tangents)
+  _, tangent = jax.jvp(functools.partial(parts, **params), tuple(primals), tangents)
+  return out, (list(tangent) if p.multiple_results else tangent)
+
+
+def _batch_tangent(args, dims, **params):
+  """vmap of ``tangent``: its parts' rules (the shared-image fold among them)."""
+  return jax.vmap(functools.partial(_tangent_parts, **params), in_axes=tuple(dims))(*args), 0
+
+
+def _batch_u_grid_vjp(args, dims, **params):
+  """vmap of ``u_grid_vjp``: one fused call on broadcast arguments when ``U`` is batched;
+  with one shared ``U``, each example still gets its own ``dU``, so the parts' rules run
+  (``grid_vjp`` folds the grids' batch into the points, ``u_vjp`` scatters per example)."""
+  if dims[0] is None:
+    parts = functools.partial(_u_grid_vjp_parts, **params)
+    return list(jax.vmap(parts, in_axes=tuple(dims))(*args)), [0, 0]
+  size = args[0].shape[dims[0]]
+  moved = [
+    jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
+    for a, d in zip(args, dims, strict=True)
+  ]
+  return u_grid_vjp_p.bind(*moved, **params), [0, 0]
+
+
+def _transpose_tangent(ct, u, g, du, dg, **params):
+  """Both ``dU`` and ``dgrid`` wanted: the fused pass; one of them: its single pass."""
+  if ad.is_undefined_primal(u) or ad.is_undefined_primal(g):
+    raise NotImplementedError("stn_bilinear_tangent is linear in (dU, dgrid) only")
+  want_u, want_g = ad.is_undefined_primal(du), ad.is_undefined_primal(dg)
+  if type(ct) is ad.Zero:
+    return [None, None, ad.Zero(du.aval) if want_u else None, ad.Zero(dg.aval) if want_g else None]
+  if want_u and want_g:
+    return [None, None, *u_grid_vjp_p.bind(u, g, ct, **params)]
+  d_u = d_g = None
+  if want_u:
+    d_u = u_vjp_p.bind(ct, g, size=tuple(np.shape(u)[-(_ndim(g) + 1) : -1]), **params)
+  if want_g:
+    d_g = grid_vjp_p.bind(u, g, ct, **params)
+  return [None, None, d_u, d_g]
+
+
+ad.primitive_jvps[tangent_p] = functools.partial(_jvp_by_parts, tangent_p, _tangent_parts)
+ad.primitive_jvps[u_grid_vjp_p] = functools.partial(_jvp_by_parts, u_grid_vjp_p, _u_grid_vjp_parts)
+batching.primitive_batchers[tangent_p] = _batch_tangent
+batching.primitive_batchers[u_grid_vjp_p] = _batch_u_grid_vjp
+ad.primitive_transposes[tangent_p] = _transpose_tangent

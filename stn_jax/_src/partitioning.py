@@ -9,7 +9,7 @@ them (all but the ``U``-gradient, which sums over the points); the image's spati
 channels and coordinates need replication. The
 partition callback then runs the same FFI call on each device's slice of the batch, so a
 data-parallel step runs the kernels on each shard with no all-gather, in the forward and in
-both gradients (each of the four kernel passes maps a batch slice to the same batch slice).
+both gradients (each kernel pass maps a batch slice to the same batch slice).
 
 Why ``custom_partitioning`` rather than ``shard_map``: it is decided at partition time, from
 the shardings XLA settles on, so it works inside ``jit`` under a mesh of ``Auto`` axes (the
@@ -34,12 +34,14 @@ from jax.sharding import PartitionSpec as P
 
 # Each array of the four passes is one of: an image ``U`` (input spatial axes, channels),
 # a grid (output spatial axes, coordinates) or a sample ``V`` (output spatial axes,
-# channels). The leading dimensions are shared by all of them.
+# channels). The leading dimensions are shared by all of them. The fused backward pass has
+# two results, ``dU`` (like the image) and ``dgrid`` (like the grid).
 ROLES = {
   "fwd": (("image", "grid"), "samples"),
   "u_vjp": (("samples", "grid"), "image"),
   "grid_jvp": (("image", "grid", "grid"), "samples"),
   "grid_vjp": (("image", "grid", "samples"), "grid"),
+  "u_grid_vjp": (("image", "grid", "samples"), ("image", "grid")),
 }
 
 
@@ -47,17 +49,24 @@ ROLES = {
 class KernelCall:
   """One FFI call, static: what partitioning and the per-shard call need to know.
 
-  ``tail`` is the result's shape after the ``lead`` leading dimensions; ``attributes``
-  the FFI attributes as sorted ``(name, value)`` pairs.
+  ``tail`` is the result's shape after the ``lead`` leading dimensions (a tuple of such
+  shapes for a pass with several results); ``attributes`` the FFI attributes as sorted
+  ``(name, value)`` pairs.
   """
 
   target: str
-  roles: tuple[tuple[str, ...], str]
+  roles: tuple[tuple[str, ...], str | tuple[str, ...]]
   ndim: int
   lead: int
-  tail: tuple[int, ...]
+  tail: tuple
   dtype: str
   attributes: tuple[tuple[str, object], ...]
+
+
+def _results(call: KernelCall) -> tuple[tuple[str, tuple[int, ...]], ...]:
+  """The (role, tail) of each result: one, or several for the fused backward pass."""
+  role = call.roles[1]
+  return ((role, call.tail),) if isinstance(role, str) else tuple(zip(role, call.tail, strict=True))
 
 
 def _factors(role: str, call: KernelCall) -> list[str]:
@@ -77,21 +86,25 @@ def sharding_rule(call: KernelCall, mesh, value_types, result_types):
   ('b0 s0 s1 c, b0 o0 o1 k -> b0 o0 o1 c', ('s0', 's1', 'c', 'k'))
   """
   del mesh, value_types, result_types
-  operands, result = call.roles
+  operands = call.roles[0]
+  results = [r for r, _ in _results(call)]
   ins = ", ".join(" ".join(_factors(r, call)) for r in operands)
-  rule = f"{ins} -> {' '.join(_factors(result, call))}"
+  outs = ", ".join(" ".join(_factors(r, call)) for r in results)
+  rule = f"{ins} -> {outs}"
   # In order of first appearance: Shardy wants the special factors' indices sorted.
-  every = dict.fromkeys(f for r in (*operands, result) for f in _factors(r, call))
+  every = dict.fromkeys(f for r in (*operands, *results) for f in _factors(r, call))
   replicated = tuple(f for f in every if not _free(f, call))
   return rule, {"need_replication_factors": replicated}
 
 
 def _free(factor: str, call: KernelCall) -> bool:
   """Whether a factor may stay sharded: the leading dims always; the output points' axes
-  where the pass is pointwise in them (all but ``u_vjp``, which sums over the points).
+  where the pass is pointwise in them (all but the ``U``-gradient, ``u_vjp`` or the fused
+  ``u_grid_vjp``, which sums over the points).
   Points sharded along an axis are what ``vmap`` over many grids of one shared image
   gives (its batching folds the grid batch into the points' first axis)."""
-  return factor.startswith("b") or (factor.startswith("o") and call.roles[1] != "image")
+  pointwise = all(role != "image" for role, _ in _results(call))
+  return factor.startswith("b") or (factor.startswith("o") and pointwise)
 
 
 def result_aval(avals: Sequence, shape: tuple[int, ...], dtype) -> jax.core.ShapedArray:
@@ -111,13 +124,16 @@ def result_aval(avals: Sequence, shape: tuple[int, ...], dtype) -> jax.core.Shap
   return base.update(shape=tuple(shape), dtype=dtype, weak_type=False, sharding=sharding)
 
 
-def _ffi(call: KernelCall, *arrays: jax.Array) -> jax.Array:
-  """The FFI call on (local) arrays: the result's leading dims are the operands', and its
+def _ffi(call: KernelCall, *arrays: jax.Array):
+  """The FFI call on (local) arrays: each result's leading dims are the operands', and its
   point axes (where it has them) the grid's."""
-  shape = arrays[-1].shape[: call.lead] + call.tail
-  if call.roles[1] != "image":  # the result is per point: (lead, points..., last)
-    shape = arrays[1].shape[:-1] + call.tail[-1:]
-  result = jax.ShapeDtypeStruct(shape, call.dtype)
+  shapes = []
+  for role, tail in _results(call):
+    shape = arrays[-1].shape[: call.lead] + tail
+    if role != "image":  # the result is per point: (lead, points..., last)
+      shape = arrays[1].shape[:-1] + tail[-1:]
+    shapes.append(jax.ShapeDtypeStruct(shape, call.dtype))
+  result = shapes[0] if isinstance(call.roles[1], str) else tuple(shapes)
   return jax.ffi.ffi_call(call.target, result)(*arrays, **dict(call.attributes))
 
 
@@ -133,16 +149,19 @@ def partition(call: KernelCall, mesh, arg_shapes: Sequence, result_shape):
   """Every operand and the result split like the result along its free factors (see
   :func:`_free`), whole along the rest."""
   del arg_shapes
-  operands, result = call.roles
-  names = _factors(result, call)
-  spec = _batch_spec(result_shape.sharding, len(names))
+  operands = call.roles[0]
+  results = [r for r, _ in _results(call)]
+  names = _factors(results[0], call)
+  first = result_shape if len(results) == 1 else result_shape[0]
+  spec = _batch_spec(first.sharding, len(names))
   axes = {f: a for f, a in zip(names, spec, strict=True) if _free(f, call)}
 
   def sharding(role: str) -> NamedSharding:
     return NamedSharding(mesh, P(*(axes.get(f) for f in _factors(role, call))))
 
   lower = functools.partial(_ffi, call)
-  return mesh, lower, sharding(result), tuple(sharding(r) for r in operands)
+  out = sharding(results[0]) if len(results) == 1 else tuple(map(sharding, results))
+  return mesh, lower, out, tuple(sharding(r) for r in operands)
 
 
 @functools.partial(custom_partitioning, static_argnums=(0,))
@@ -153,20 +172,22 @@ def _kernel(call: KernelCall, *arrays: jax.Array) -> jax.Array:
 _kernel.def_partition(partition=partition, sharding_rule=sharding_rule)
 
 
-def kernel_call(
-  target: str, name: str, arrays: Sequence[jax.Array], result: jax.ShapeDtypeStruct, **attributes
-) -> jax.Array:
+def kernel_call(target: str, name: str, arrays: Sequence[jax.Array], result, **attributes):
   """The FFI call ``target`` (kernel pass ``name``) on ``arrays``, partitionable over their
-  leading dims. The grid is ``arrays[1]``; its last axis gives the number of spatial axes."""
+  leading dims. The grid is ``arrays[1]``; its last axis gives the number of spatial axes.
+  ``result``: a ``jax.ShapeDtypeStruct``, or a tuple of them for a pass with several."""
   ndim = arrays[1].shape[-1]
   lead = arrays[1].ndim - ndim - 1
+  several = isinstance(result, tuple)
+  tail = tuple(r.shape[lead:] for r in result) if several else tuple(result.shape[lead:])
+  dtype = result[0].dtype if several else result.dtype
   call = KernelCall(
     target=target,
     roles=ROLES[name],
     ndim=ndim,
     lead=lead,
-    tail=tuple(result.shape[lead:]),
-    dtype=str(result.dtype),
+    tail=tail,
+    dtype=str(dtype),
     attributes=tuple(sorted(attributes.items())),
   )
   return _kernel(call, *arrays)
