@@ -243,9 +243,17 @@ def test_one_gradient_sharded_equals_the_fused_gradient_bitwise(result, case, ar
 
 @pytest.mark.parametrize("case", CASES)
 def test_outputs_stay_batch_sharded(result, case):
-  info, _ = result
-  assert info[f"{case}_sharded"] == [True, True, True]
+  info, arrays = result
   per_device = 2 if case.startswith("2d") else 1  # 8 images, 4 volumes over 4 devices
+  if _kind(case) == "nearest":
+    # Nearest's grid gradient is the constant 0 (no pass computes it), which XLA may lay
+    # out as it likes; V and dU stay sharded.
+    assert not np.any(_three(arrays, f"{case}_sharded")[2])
+    assert info[f"{case}_sharded"][:2] == [True, True]
+    assert info[f"{case}_shards"][:2] == [[per_device] * 4] * 2
+    assert info[f"{case}_explicit_spec"][:2] == [["batch"]] * 2
+    return
+  assert info[f"{case}_sharded"] == [True, True, True]
   assert info[f"{case}_shards"] == [[per_device] * 4] * 3
   assert info[f"{case}_explicit_spec"] == [["batch"]] * 3
 
