@@ -118,7 +118,13 @@ def _assert_within(actual, expected, bound, what, same_non_finite=True):
   assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
   assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
   finite = np.isfinite(expected)
-  np.testing.assert_array_equal(np.isfinite(actual), finite, err_msg=what)
+  actual_finite = np.isfinite(actual)
+  if not same_non_finite:
+    # A zero slope (a clamp holds: border, a one-pixel reflection) gives the kernels' grid
+    # tangent exactly 0 even beside an inf pixel, where JAX's jvp multiplies the zero
+    # weight tangent by the pixel (NaN): allowed, and only as an exact 0.
+    actual_finite = np.where(~finite & (actual == 0), False, actual_finite)
+  np.testing.assert_array_equal(actual_finite, finite, err_msg=what)
   if same_non_finite:
     np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected), err_msg=what)
     np.testing.assert_array_equal(actual[~finite], expected[~finite], err_msg=what)

@@ -62,7 +62,7 @@ def conv_as_matmul(
   Raises:
     ValueError: dilation, feature groups or a layout other than channels-last.
 
-  >>> x, k = jnp.ones((2, 5, 5, 3)), jnp.ones((3, 3, 3, 4))
+  >>> x, k = jnp.ones((2, 5, 5, 3), jnp.float32), jnp.ones((3, 3, 3, 4), jnp.float32)
   >>> conv_as_matmul(x, k, (2, 2), "SAME")[0, :, :, 0]
   Array([[12., 18., 12.],
          [18., 27., 18.],
