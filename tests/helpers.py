@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 
 # Tolerances by dtype, one table for the suite: float64 results are compared to float64
@@ -55,3 +56,28 @@ def run_on_cpu_devices(script, args, devices, arrays_file, unset=("JAX_ENABLE_X6
   (line,) = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
   arrays = np.load(arrays_file)
   return json.loads(line.removeprefix("RESULT ")), {k: arrays[k] for k in arrays.files}
+
+
+def _abs_cubic():
+  from stn_jax._src import kernels
+
+  return kernels.Kernel(lambda d: jnp.abs(kernels.resolve("bicubic").fn(d)), 2)
+
+
+def _ones():
+  from stn_jax._src import kernels
+
+  return kernels.Kernel(lambda d: jnp.ones_like(d), 2)
+
+
+# Error bounds of the compiled kernels against the reference (test_native_fuzz,
+# test_native_volumes). TAPS: taps per axis. ABS_KERNELS: each kernel with |weights|, whose
+# samples of |U| are the sums of the magnitudes of the terms. A cubic weight near the edge
+# of the support is a small difference of terms up to ~36 (Keys' far polynomial at
+# |d| = 2): its rounding error is absolute, up to WEIGHT_ERROR eps (Horner's bound,
+# ~6 * 36), so the bounds add that times the unweighted sum of the taps' magnitudes (ONES:
+# weights 1 on the cubic's support), d such errors per product weight.
+TAPS = {"bilinear": 2, "bicubic": 4, "nearest": 1}
+ABS_KERNELS = {"bilinear": "bilinear", "nearest": "nearest", "bicubic": _abs_cubic()}
+WEIGHT_ERROR = 256
+ONES = _ones()

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import ABS_KERNELS, ONES, TAPS, WEIGHT_ERROR
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
@@ -135,20 +136,6 @@ def _assert_within(actual, expected, bound, what, same_non_finite=True):
     f"{what}: |compiled - reference| = {err[worst]:.3g} > bound {bound[worst]:.3g} "
     f"(compiled {actual[finite][worst]!r}, reference {expected[finite][worst]!r})"
   )
-
-
-# Taps per axis, and each kernel's reference with |weights| (the magnitudes of the terms).
-TAPS = {"bilinear": 2, "bicubic": 4, "nearest": 1}
-ABS_KERNELS = {
-  "bilinear": "bilinear",
-  "nearest": "nearest",
-  "bicubic": kernels.Kernel(lambda d: jnp.abs(kernels.resolve("bicubic").fn(d)), 2),
-}
-
-
-# Keys' polynomials: absolute rounding error of one weight or derivative, in eps.
-WEIGHT_ERROR = 256
-ONES = kernels.Kernel(lambda d: jnp.ones_like(d), 2)  # weights 1 on the cubic's support
 
 
 def _bounds(U, grid, R, dgrid, spatial, reference, kernel, ones=None):

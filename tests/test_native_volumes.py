@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import ABS_KERNELS, ONES, TAPS, WEIGHT_ERROR
 
 import stn_jax
 from stn_jax._src import gather, kernels, native
@@ -82,20 +83,7 @@ def test_coordinate_limit_has_one_source(monkeypatch):
 
 
 # Tricubic (Keys' cubic, per-tap padding, 64 taps) and nearest on volumes: the separable
-# kernels, compared the same way. TAPS: taps per axis; ABS: the kernel with |weights|,
-# whose samples of |U| are the sums of the magnitudes of the terms (the error bounds).
-TAPS = {"bilinear": 2, "bicubic": 4, "nearest": 1}
-ABS = {
-  "bilinear": "bilinear",
-  "nearest": "nearest",
-  "bicubic": kernels.Kernel(lambda d: jnp.abs(kernels.resolve("bicubic").fn(d)), 2),
-}
-# A cubic weight near the edge of the support is a small difference of terms up to ~36
-# (Keys' far polynomial at |d| = 2): its rounding error is absolute, up to WEIGHT_ERROR eps
-# (Horner's bound, ~6 * 36), so the bounds add that times the unweighted sum of the taps'
-# magnitudes (ONES: weights 1 on the support), d such errors per product weight.
-WEIGHT_ERROR = 256
-ONES = kernels.Kernel(lambda d: jnp.ones_like(d), 2)
+# kernels, compared the same way (the bounds' tables are in helpers.py).
 TARGETS = {
   "bilinear": ("StnBilinearFwd", "StnBilinearUGridVjp"),  # both gradients: one fused pass
   "bicubic": ("StnCubicFwd", "StnCubicUVjp", "StnCubicGridVjp"),
@@ -182,7 +170,7 @@ def _check_first_order(U, grid, padding_mode, align_corners, rng, kernel="biline
     assert target in fast_text, f"{target} missing: the compiled path did not run its kernels"
   assert "Stn" not in ref.lower(*args).as_text()
   got, want = fast(*args), ref(*args)
-  ref_abs = _reference_fn(padding_mode, align_corners, ABS[kernel])
+  ref_abs = _reference_fn(padding_mode, align_corners, ABS_KERNELS[kernel])
   # Sums of |terms|: the sampler with |weights| applied to |U| (values, U-tangent), its
   # scatter of |R| (U-gradient); grid derivatives: slope (<= size / 2 per normalised unit)
   # times sum_t |dw_t| |U_t| (<= 2 max|U| for the tent; < 4 * 2**(d - 1) max|U| for Keys,
