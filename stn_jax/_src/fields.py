@@ -548,7 +548,9 @@ def affine_to_displacement(
   lead = (1,) * d
   A = theta[..., :d].reshape(batch + lead + (d, d))
   t = theta[..., d].reshape(batch + lead + (d,))
-  grid = jnp.einsum("...kl,...l->...k", A, _lift(base, A[..., 0])) + t
+  grid = (
+    jnp.einsum("...kl,...l->...k", A, _lift(base, A[..., 0]), precision=dtypes.MATMUL_PRECISION) + t
+  )
   return grid_to_displacement(grid, align_corners=align_corners)
 
 

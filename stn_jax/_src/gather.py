@@ -23,6 +23,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from stn_jax._src import grids, validation
 from stn_jax._src import kernels as kernels_lib
+from stn_jax._src.dtypes import MATMUL_PRECISION as HIGHEST
 
 PADDING_MODES = validation.PADDING_MODES
 
@@ -301,13 +302,15 @@ def _stacked_tangent(flat_u, weights, du, dweights, index, valid, spatial, taps_
   tangent = None
   if any(dw is not None for dw in dws):
     dw = jnp.stack([jnp.zeros_like(weights[0][0]) if d is None else d for d in dws], -1)
-    tangent = jnp.einsum("...t,...tc->...c", dw, _masked_gather(flat_u, idx, ok).astype(cdt))
+    gathered = _masked_gather(flat_u, idx, ok).astype(cdt)
+    tangent = jnp.einsum("...t,...tc->...c", dw, gathered, precision=HIGHEST)
   if not isinstance(du, SymbolicZero):
     if flat_u.shape[-1] > 1:
       w = jnp.stack(
         [_product([weights[j][t] for j, t in enumerate(taps)]) for taps in taps_list], -1
       )
-      term = jnp.einsum("...t,...tc->...c", w, _masked_gather(du, idx, ok).astype(cdt))
+      gathered = _masked_gather(du, idx, ok).astype(cdt)
+      term = jnp.einsum("...t,...tc->...c", w, gathered, precision=HIGHEST)
     else:
       term = _combine_taps(du, weights, index, valid, spatial).astype(cdt)
     tangent = _accumulate(tangent, term)

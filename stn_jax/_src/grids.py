@@ -297,7 +297,7 @@ def compose(first: ArrayLike, second: ArrayLike) -> jax.Array:
       f"first and second must both be 2-D or both be 3-D transforms; got shapes "
       f"{jnp.shape(first)} and {jnp.shape(second)}."
     )
-  out = jnp.matmul(a, b)
+  out = jnp.matmul(a, b, precision=dtypes.MATMUL_PRECISION)
   return out[..., :-1, :] if a_affine and b_affine else out
 
 
@@ -424,7 +424,7 @@ def make_grid(
     )
 
     def core(t: jax.Array) -> jax.Array:
-      return jnp.matmul(weights, t).reshape(out_shape + (ndim,))
+      return jnp.matmul(weights, t, precision=dtypes.MATMUL_PRECISION).reshape(out_shape + (ndim,))
   else:
     points = jnp.asarray(base, theta.dtype)
     if transform == "attention":
@@ -437,12 +437,16 @@ def make_grid(
 
 def _affine_core(points: jax.Array, theta: jax.Array) -> jax.Array:
   d = points.shape[-1]
-  return jnp.matmul(points, theta[:, :d].T) + theta[:, d][(None,) * d]
+  return (
+    jnp.matmul(points, theta[:, :d].T, precision=dtypes.MATMUL_PRECISION) + theta[:, d][(None,) * d]
+  )
 
 
 def _projective_core(points: jax.Array, h: jax.Array) -> jax.Array:
   d = points.shape[-1]
-  homogeneous = jnp.matmul(points, h[:, :d].T) + h[:, d][(None,) * d]
+  homogeneous = (
+    jnp.matmul(points, h[:, :d].T, precision=dtypes.MATMUL_PRECISION) + h[:, d][(None,) * d]
+  )
   num, den = homogeneous[..., :d], homogeneous[..., d:]
   finite = jnp.abs(den) > jnp.finfo(den.dtype).eps
   # Double where: the masked branch divides by 1, so its gradient stays finite.
