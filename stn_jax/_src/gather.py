@@ -21,9 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from stn_jax._src import grids, validation
+from stn_jax._src import dtypes, grids, validation
 from stn_jax._src import kernels as kernels_lib
-from stn_jax._src.dtypes import MATMUL_PRECISION as HIGHEST
 
 PADDING_MODES = validation.PADDING_MODES
 
@@ -303,14 +302,14 @@ def _stacked_tangent(flat_u, weights, du, dweights, index, valid, spatial, taps_
   if any(dw is not None for dw in dws):
     dw = jnp.stack([jnp.zeros_like(weights[0][0]) if d is None else d for d in dws], -1)
     gathered = _masked_gather(flat_u, idx, ok).astype(cdt)
-    tangent = jnp.einsum("...t,...tc->...c", dw, gathered, precision=HIGHEST)
+    tangent = jnp.einsum("...t,...tc->...c", dw, gathered, precision=dtypes.MATMUL_PRECISION)
   if not isinstance(du, SymbolicZero):
     if flat_u.shape[-1] > 1:
       w = jnp.stack(
         [_product([weights[j][t] for j, t in enumerate(taps)]) for taps in taps_list], -1
       )
       gathered = _masked_gather(du, idx, ok).astype(cdt)
-      term = jnp.einsum("...t,...tc->...c", w, gathered, precision=HIGHEST)
+      term = jnp.einsum("...t,...tc->...c", w, gathered, precision=dtypes.MATMUL_PRECISION)
     else:
       term = _combine_taps(du, weights, index, valid, spatial).astype(cdt)
     tangent = _accumulate(tangent, term)

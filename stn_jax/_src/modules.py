@@ -13,9 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from stn_jax._src import grids, sampling, validation
+from stn_jax._src import dtypes, grids, sampling, validation
 from stn_jax._src import kernels as kernels_lib
-from stn_jax._src.dtypes import MATMUL_PRECISION as HIGHEST
 
 # Architecture of the ready-made localisation network, shared so NNX and Linen agree.
 CONV_KERNEL_SIZES = ((5, 5), (3, 3))
@@ -202,4 +201,4 @@ def adaptive_avg_pool(x: jax.Array, pool_size: tuple[int, ...]) -> jax.Array:
   mats = [jnp.asarray(_pool_matrix(n, p), x.dtype) for n, p in zip(spatial, pool_size, strict=True)]
   specs = [outs[j] + ins[j] for j in range(ndim)]
   spec = f"{specs[0]},...{ins}c,{','.join(specs[1:])}->...{outs}c"
-  return jnp.einsum(spec, mats[0], x, *mats[1:], precision=HIGHEST)
+  return jnp.einsum(spec, mats[0], x, *mats[1:], precision=dtypes.MATMUL_PRECISION)
