@@ -6,6 +6,7 @@
 #   scripts/sanitize.sh                    # from the repository root, in the dev environment
 #   STN_JAX_FUZZ_EXAMPLES=1000 scripts/sanitize.sh
 #   PYTHON=.venv/bin/python SANITIZE_DIR=/tmp/stn-asan scripts/sanitize.sh
+#   SANITIZE_JOBS=2 scripts/sanitize.sh   # pytest-xdist workers (default 0: one process)
 #
 # The sanitized library goes to $SANITIZE_DIR (default: a fresh temporary directory), never
 # over the package's own _bilinear_cpu*.so; the tests load it through
@@ -17,6 +18,8 @@
 # A canary (an out-of-bounds read and a NaN-to-int cast in a tiny library built the same
 # way) first proves that both sanitizers report under this Python host at all.
 #
+# With SANITIZE_JOBS, each xdist worker runs sanitized too (the environment is inherited);
+# a report aborts its worker, which fails the run even where its text is lost.
 # Exit status 0: no sanitizer report and every test passed. Needs g++ with libasan/libubsan.
 set -euo pipefail
 
@@ -116,7 +119,7 @@ DEFAULT_TESTS="tests/test_sanitizers.py
 read -r -a TESTS <<< "$(echo ${SANITIZE_TESTS:-$DEFAULT_TESTS})"
 status=0
 STN_JAX_FUZZ_EXAMPLES="${STN_JAX_FUZZ_EXAMPLES:-300}" STN_JAX_FUZZ_RANDOM=1 \
-  run_sanitized "$PYTHON" -m pytest -n 0 -q -p no:cacheprovider -o addopts="-ra" \
+  run_sanitized "$PYTHON" -m pytest -n "${SANITIZE_JOBS:-0}" -q -p no:cacheprovider -o addopts="-ra" \
   --capture=sys "${TESTS[@]}" 2> >(tee "$OUT/tests.log" >&2) || status=$?
 wait  # for tee
 

@@ -10,6 +10,7 @@ image and non-finite ones, batches large enough to be split across threads, and 
 ``vmap`` can batch the arguments.
 """
 
+import functools
 import re
 
 import jax
@@ -52,7 +53,12 @@ def _inputs(rng, shape=(2, 5, 6, 3), out=(3, 4), dtype=np.float64, spill=1.3):
   return jnp.asarray(U), jnp.asarray(grid)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def _derivatives(U, grid, padding_mode, align_corners, kernel="bilinear"):
+  # One program, so each path compiles once: run op by op, every jacfwd/jacrev/Hessian
+  # primitive compiled on its own (13 s of a 3 s test here, and pure_jax clears the
+  # caches). Under jit the same primitives lower to the same kernel calls and fallback
+  # rules; test_vmap_over_each_argument and others run them op by op.
   def f(u, g):
     return stn_jax.sample(u, g, kernel, padding_mode=padding_mode, align_corners=align_corners)
 

@@ -106,3 +106,25 @@ def test_forward_equals_the_scalar_loop_bitwise(rng, channels, padding_mode, ali
     want = np.stack(want)
     assert got.dtype == F
     np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+
+
+@pytest.mark.parametrize("width", [2, 3, 8])
+@pytest.mark.parametrize("padding_mode", stn_jax.PADDING_MODES)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_one_channel_row_ends_bitwise(rng, width, padding_mode, align_corners):
+  # The one-channel AVX2 forward reads a row's two taps as one pair of floats starting at
+  # the first tap clamped to [0, W - 2]: at x0 = W - 1 the kept tap is the pair's high
+  # float, at x0 = -1 the low one. Points swept across each row end and past it, with
+  # NaN and inf pixels beside the ends, so a wrong pick or an unmasked neighbour shows.
+  u = rng.normal(size=(2, 4, width, 1)).astype(F)
+  u[0, 1, 0, 0], u[0, 2, width - 1, 0], u[1, 0, 1, 0] = np.nan, np.inf, -np.inf
+  x = np.linspace(-1.6, 1.6, 8 * 13, dtype=np.float64)
+  y = np.linspace(-1.3, 1.3, 5, dtype=np.float64)
+  g = np.stack(np.broadcast_arrays(x[None, :], y[:, None]), -1)
+  g = np.broadcast_to(g, (2, *g.shape)).astype(F)
+  got = np.asarray(native.sample_linear(u, g, padding_mode, align_corners, False))
+  with np.errstate(invalid="ignore", over="ignore"):
+    want = np.stack(
+      [_emulate(a, b, padding_mode, align_corners, False) for a, b in zip(u, g, strict=True)]
+    )
+  np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
