@@ -40,12 +40,12 @@ FLAGS=(-std=c++17 -O1 -g -fno-omit-frame-pointer -fPIC -shared
 
 # Rebuilt only when csrc/ is newer than the build in $OUT (minutes on a busy machine).
 stale=0
-for source in "$ROOT"/csrc/bilinear.cc "$ROOT"/csrc/*.inc; do
+for source in "$ROOT"/csrc/*.cc "$ROOT"/csrc/*.h "$ROOT"/csrc/*.inc; do
   if [ -z "$(find "$OUT/_bilinear_cpu.so" -newer "$source" 2>/dev/null)" ]; then stale=1; fi
 done
 if [ "$stale" -eq 1 ]; then
   echo "== building $OUT/_bilinear_cpu.so with ASan + UBSan"
-  "$CXX" "${FLAGS[@]}" -I"$INCLUDE" "$ROOT/csrc/bilinear.cc" -o "$OUT/_bilinear_cpu.so.tmp"
+  "$CXX" "${FLAGS[@]}" -I"$INCLUDE" "$ROOT"/csrc/*.cc -o "$OUT/_bilinear_cpu.so.tmp"
   mv "$OUT/_bilinear_cpu.so.tmp" "$OUT/_bilinear_cpu.so"
 else
   echo "== reusing $OUT/_bilinear_cpu.so (newer than csrc/)"

@@ -31,7 +31,7 @@ import stn_jax
 from stn_jax._src import gather, kernels, native
 
 PADDINGS = gather.PADDING_MODES
-CSRC = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "bilinear.cc"
+CSRC = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "common.h"
 
 
 def test_kernels_are_built():

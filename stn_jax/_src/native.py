@@ -1,4 +1,4 @@
-"""The sampler as JAX primitives with compiled CPU kernels (``csrc/bilinear.cc``).
+"""The sampler as JAX primitives with compiled CPU kernels (``csrc/``).
 
 Bilinear on images, trilinear on volumes (PyTorch's ``"bilinear"`` on 5-D input): the same
 primitives and the same C++ passes, templated on the number of spatial axes, which the
@@ -36,6 +36,9 @@ environment, read at each trace) :func:`available` is False and ``sample`` uses 
 gather-based sampler everywhere. :func:`native_status` (public as
 ``stn_jax.native_status``) says which path runs and why. ``STN_JAX_NATIVE_LIBRARY=/path/to/lib.so``
 loads another build of ``csrc/`` instead of the installed one (``scripts/sanitize.sh``).
+The passes are built twice, for the baseline ISA and for AVX2, and the AVX2 build runs
+where the CPU has it; ``STN_JAX_NATIVE_ISA=baseline`` (read once, at the first load) runs
+the baseline build instead, which is how the tests check the build other CPUs get.
 
 Bicubic (tricubic on volumes: Keys' cubic, ``a = -0.75``, per-tap padding) and nearest run
 through the same four primitives with a ``kernel`` parameter (``"bicubic"``, ``"nearest"``;
@@ -116,6 +119,8 @@ def _load_result() -> tuple[bool, str]:
     symbols = [*_TARGETS.values(), *(t for k in _SEPARABLE_TARGETS.values() for t in k.values())]
     for symbol in symbols:
       jax.ffi.register_ffi_target(symbol, jax.ffi.pycapsule(getattr(library, symbol)), "cpu")
+    library.StnPassesIsa.restype = ctypes.c_char_p
+    isa = library.StnPassesIsa().decode()
   except Exception as error:  # a broken build or a jaxlib it does not fit: fall back, say so
     reason = (
       f"the compiled extension {path} is built but cannot be loaded "
@@ -123,7 +128,12 @@ def _load_result() -> tuple[bool, str]:
     )
     warnings.warn(f"stn_jax uses the pure-JAX sampler: {reason}.", RuntimeWarning, stacklevel=2)
     return False, reason
-  return True, f"the compiled kernels {path} are loaded"
+  if isa == "avx2":
+    return True, f"the compiled kernels {path} are loaded, with the AVX2 build of their passes"
+  return True, (
+    f"the compiled kernels {path} are loaded, with the baseline build of their passes (no "
+    "AVX2 on this CPU, or STN_JAX_NATIVE_ISA=baseline)"
+  )
 
 
 def _load() -> bool:

@@ -1,117 +1,22 @@
-// Bilinear (2-D) and trilinear (3-D) sampling on the CPU: the four passes stn_jax's
-// derivative rules need, one code for both dimensions.
+// The XLA FFI handlers of stn_jax's compiled CPU kernels: check the arrays' shapes, dtypes
+// and attributes, then run the pass of the kernel's table (passes.h) for this CPU. The
+// semantics are exactly those of the pure-JAX sampler in stn_jax/_src/gather.py (PyTorch's
+// grid_sample, plus the documented handling of NaN, inf and huge coordinates), which is the
+// reference these kernels are tested against.
 //
-// Layout: channels-last. U is (N..., H, W, C) or (N..., D, H, W, C), the grid
-// (N..., Ho, Wo, 2) holding (x, y) or (N..., Do, Ho, Wo, 3) holding (x, y, z), normalised to
-// [-1, 1], and every array shares the leading dimensions N..., flattened here to one batch
-// axis. The grid's last dimension says how many spatial axes there are. The semantics are
-// exactly those of the pure-JAX sampler in stn_jax/_src/gather.py (PyTorch's grid_sample,
-// plus the documented handling of NaN, inf and huge coordinates), which is the reference
-// these kernels are tested against.
-//
-//   Fwd      V[p, c]  = sum_t w_t(p) U[tap_t(p), c]
-//   GridJvp  dV[p, c] = sum_a dV/dx_a[p, c] dx_a[p]                 (linear in dgrid)
-//   GridVjp  dg[p, a] = sum_c ct[p, c] dV/dx_a[p, c]                (transpose of GridJvp)
-//   UVjp     dU[q, c] = sum_{p, t: tap_t(p) = q} w_t(p) ct[p, c]    (transpose of Fwd in U)
-//
-// Coordinates and the 2**d weights are computed once per output point and reused across
-// channels. Work is split over the batch (UVjp: each example scatters into its own image,
-// so no two threads write the same pixel) or over output rows (the others) on XLA's
-// intra-op thread pool.
+// Coordinates and the taps' weights are computed once per output point and reused across
+// channels. Work is split over the batch (the U-gradient: each example scatters into its
+// own image, so no two threads write the same pixel) or over output rows (the others) on
+// XLA's intra-op thread pool.
 //
 // The Python side (stn_jax/_src/native.py) passes the padding as its code in
-// gather.PADDING_CODES (the constants below; tests/test_native_volumes.py checks that the
-// two agree) and the coordinate clamp gather.COORD_LIMIT as an attribute, so that limit
-// has one source.
+// gather.PADDING_CODES (common.h's constants) and the coordinate clamp gather.COORD_LIMIT
+// as an attribute, so that limit has one source.
 
-#include <algorithm>
-#include <atomic>
-#include <cmath>
-#include <condition_variable>
-#include <cstdint>
-#include <cstring>
-#include <limits>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <type_traits>
-#include <vector>
+#include "passes.h"
 
-#include "xla/ffi/api/ffi.h"
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#include <immintrin.h>  // AVX2 gathers in the AVX2 build of the passes
-#endif
-
-namespace ffi = xla::ffi;
-
+namespace stn_native {
 namespace {
-
-// Padding codes: gather.PADDING_CODES.
-constexpr int kZeros = 0;
-constexpr int kBorder = 1;
-constexpr int kReflection = 2;
-
-// ---------------------------------------------------------------------------------------
-// Work splitting on XLA's intra-op pool. Chunks are claimed from an atomic counter by the
-// calling thread and by helper tasks; the caller waits only for chunks already claimed, so
-// it never waits on a task the pool has not started (no deadlock when the caller is itself
-// a pool thread). Late tasks find no chunk left and exit without touching the work.
-
-struct ChunkState {
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  std::mutex mutex;
-  std::condition_variable all_done;
-};
-
-template <typename F>
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t cost_per_item, const F& body) {
-  if (n <= 0) return;
-  constexpr int64_t kMinCostPerChunk = 1 << 15;  // about 10 us: below that, threads lose
-  int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  int64_t max_chunks = std::max<int64_t>(1, n * cost_per_item / kMinCostPerChunk);
-  int64_t chunks = std::min<int64_t>({n, 4 * threads, max_chunks});
-  if (threads == 1 || chunks == 1) {
-    body(0, n);
-    return;
-  }
-  auto state = std::make_shared<ChunkState>();
-  const F* work = &body;
-  auto run = [state, work, n, chunks]() {
-    for (int64_t k; (k = state->next.fetch_add(1)) < chunks;) {
-      (*work)(n* k / chunks, n * (k + 1) / chunks);
-      if (state->done.fetch_add(1) + 1 == chunks) {
-        std::lock_guard<std::mutex> lock(state->mutex);
-        state->all_done.notify_all();
-      }
-    }
-  };
-  for (int64_t t = 1; t < std::min(threads, chunks); ++t) pool.Schedule(decltype(run)(run));
-  run();
-  std::unique_lock<std::mutex> lock(state->mutex);
-  state->all_done.wait(lock, [&] { return state->done.load() == chunks; });
-}
-
-// ---------------------------------------------------------------------------------------
-// Shapes. Every array is (N..., S_1, ..., S_d, K) with d spatial axes (slowest first); the
-// leading dims must agree across arrays.
-
-struct Shape {
-  int64_t batch = 1;
-  int dims = 0;
-  int64_t spatial[3] = {0, 0, 0};
-  int64_t last = 0;
-  // U's shape only: the grid holds pixel coordinates (attribute `pixels`), not normalised
-  // ones. Carried here so that every pass's geometry sees it without another parameter.
-  bool pixels = false;
-
-  int64_t Points() const {
-    int64_t n = 1;
-    for (int i = 0; i < dims; ++i) n *= spatial[i];
-    return n;
-  }
-};
 
 // The number of spatial axes: the grid's last dimension, 2 or 3.
 ffi::Error GridDims(const ffi::AnyBuffer& grid, int& dims) {
@@ -173,94 +78,42 @@ ffi::Error CheckPadding(int32_t padding) {
 }
 
 // ---------------------------------------------------------------------------------------
-// The passes, compiled twice: for the baseline x86-64 ISA and for AVX2 (8-wide vectors for
-// the per-block coordinate loop, and gathers). `Dispatch` picks at run time.
+// The passes of this CPU: the AVX2 builds where it has AVX2, else the baseline ones.
+// STN_JAX_NATIVE_ISA=baseline (read once) asks for the baseline builds on an AVX2 CPU too:
+// the tests run them that way, since they are what every other CPU gets.
 
-namespace portable {
-#include "bilinear_passes.inc"
-#include "separable_passes.inc"
-}  // namespace portable
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define STN_HAVE_AVX2 1
-#pragma GCC push_options
-#pragma GCC target("avx2")
-#define STN_AVX2_PASS 1
-namespace avx2 {
-#include "bilinear_passes.inc"
-#include "separable_passes.inc"
-}  // namespace avx2
-#undef STN_AVX2_PASS
-#pragma GCC pop_options
-#else
-namespace avx2 = portable;
-#endif
-
-inline bool UseAvx2() {
+bool UseAvx2() {
 #ifdef STN_HAVE_AVX2
-  static const bool has_avx2 = __builtin_cpu_supports("avx2");
-  return has_avx2;
+  static const bool use = [] {
+    const char* isa = std::getenv("STN_JAX_NATIVE_ISA");
+    if (isa != nullptr && std::strcmp(isa, "baseline") == 0) return false;
+    return __builtin_cpu_supports("avx2") != 0;
+  }();
+  return use;
 #else
   return false;
 #endif
 }
 
-// The AVX2 build of a pass where the CPU has AVX2, else the baseline one.
-template <typename Fn>
-Fn* Pick(Fn* wide, Fn* baseline) {
-  return UseAvx2() ? wide : baseline;
+const BilinearPasses& Bilinear() {
+#ifdef STN_HAVE_AVX2
+  if (UseAvx2()) return avx2::kBilinear;
+#endif
+  return baseline::kBilinear;
 }
 
-// Calls body(Padding, Align, OneChannel) with each as a std::integral_constant.
-template <typename F>
-void WithMode(int32_t padding, bool align, bool one_channel, const F& body) {
-  auto with_channels = [&](auto p, auto a) {
-    if (one_channel) {
-      body(p, a, std::true_type{});
-    } else {
-      body(p, a, std::false_type{});
-    }
-  };
-  auto with_align = [&](auto p) {
-    if (align) {
-      with_channels(p, std::true_type{});
-    } else {
-      with_channels(p, std::false_type{});
-    }
-  };
-  if (padding == kZeros) {
-    with_align(std::integral_constant<int, kZeros>{});
-  } else if (padding == kBorder) {
-    with_align(std::integral_constant<int, kBorder>{});
-  } else {
-    with_align(std::integral_constant<int, kReflection>{});
-  }
-}
-
-// Calls body(T{}, Dims, Padding, Align, OneChannel) for T = float or double and Dims = 2
-// or 3 (a std::integral_constant), the others as in WithMode.
-template <typename F>
-void Dispatch(ffi::DataType dtype, int dims, int32_t padding, bool align, bool one_channel,
-              const F& body) {
-  WithMode(padding, align, one_channel, [&](auto p, auto a, auto one) {
-    auto with_dims = [&](auto zero) {
-      if (dims == 2) {
-        body(zero, std::integral_constant<int, 2>{}, p, a, one);
-      } else {
-        body(zero, std::integral_constant<int, 3>{}, p, a, one);
-      }
-    };
-    if (dtype == ffi::DataType::F32) {
-      with_dims(float{});
-    } else {
-      with_dims(double{});
-    }
-  });
+// K taps per axis: kCubicTaps or kNearestTaps.
+template <int K>
+const SeparablePasses& Separable() {
+  static_assert(K == kCubicTaps || K == kNearestTaps);
+#ifdef STN_HAVE_AVX2
+  if (UseAvx2()) return K == kCubicTaps ? avx2::kCubic : avx2::kNearest;
+#endif
+  return K == kCubicTaps ? baseline::kCubic : baseline::kNearest;
 }
 
 // ---------------------------------------------------------------------------------------
-// FFI entry points: check shapes and dtype, then dispatch on float32 / float64 and on the
-// number of spatial axes.
+// FFI entry points: check shapes and dtype, then run the pass.
 
 ffi::Error CheckFloat(ffi::DataType dtype, ffi::DataType other) {
   if (dtype != other) return ffi::Error::InvalidArgument("all arrays must share one dtype");
@@ -291,6 +144,11 @@ void FillZero(ffi::AnyBuffer buffer) {
   std::memset(buffer.untyped_data(), 0, buffer.size_bytes());
 }
 
+Pass MakePass(ffi::ThreadPool& pool, ffi::DataType dtype, int32_t padding, bool align_corners,
+              const Shape& image, const Shape& grid, double coord_limit) {
+  return Pass{&pool, dtype, padding, align_corners, image, grid, coord_limit};
+}
+
 ffi::Error Fwd(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
                ffi::Result<ffi::AnyBuffer> out, int32_t padding, bool align_corners,
                bool pixels, double coord_limit) {
@@ -310,13 +168,8 @@ ffi::Error Fwd(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
     FillZero(*out);
     return ffi::Error::Success();
   }
-  Dispatch(u.element_type(), dims, padding, align_corners, us.last == 1,
-           [&](auto zero, auto d, auto p, auto a, auto one) {
-             using T = decltype(zero);
-             Pick(&avx2::FwdImpl<T, d, p, a, one>, &portable::FwdImpl<T, d, p, a, one>)(
-                 pool, u.typed_data<T>(), grid.typed_data<T>(), out->typed_data<T>(), us, gs,
-                 static_cast<T>(coord_limit));
-           });
+  Bilinear().fwd(MakePass(pool, u.element_type(), padding, align_corners, us, gs, coord_limit),
+                 u.untyped_data(), grid.untyped_data(), out->untyped_data());
   return ffi::Error::Success();
 }
 
@@ -342,13 +195,9 @@ ffi::Error GridJvp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
     FillZero(*out);
     return ffi::Error::Success();
   }
-  Dispatch(u.element_type(), dims, padding, align_corners, us.last == 1,
-           [&](auto zero, auto d, auto p, auto a, auto one) {
-             using T = decltype(zero);
-             Pick(&avx2::GridJvpImpl<T, d, p, a, one>, &portable::GridJvpImpl<T, d, p, a, one>)(
-                 pool, u.typed_data<T>(), grid.typed_data<T>(), dgrid.typed_data<T>(),
-                 out->typed_data<T>(), us, gs, static_cast<T>(coord_limit));
-           });
+  Bilinear().grid_jvp(
+      MakePass(pool, u.element_type(), padding, align_corners, us, gs, coord_limit),
+      u.untyped_data(), grid.untyped_data(), dgrid.untyped_data(), out->untyped_data());
   return ffi::Error::Success();
 }
 
@@ -374,13 +223,9 @@ ffi::Error GridVjp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid, 
     FillZero(*dgrid);
     return ffi::Error::Success();
   }
-  Dispatch(u.element_type(), dims, padding, align_corners, us.last == 1,
-           [&](auto zero, auto d, auto p, auto a, auto one) {
-             using T = decltype(zero);
-             Pick(&avx2::GridVjpImpl<T, d, p, a, one>, &portable::GridVjpImpl<T, d, p, a, one>)(
-                 pool, u.typed_data<T>(), grid.typed_data<T>(), ct.typed_data<T>(),
-                 dgrid->typed_data<T>(), us, gs, static_cast<T>(coord_limit));
-           });
+  Bilinear().grid_vjp(
+      MakePass(pool, u.element_type(), padding, align_corners, us, gs, coord_limit),
+      u.untyped_data(), grid.untyped_data(), ct.untyped_data(), dgrid->untyped_data());
   return ffi::Error::Success();
 }
 
@@ -400,13 +245,8 @@ ffi::Error UVjp(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer grid,
   STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), grid.element_type()));
   STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), du->element_type()));
   if (EmptyImage(us)) return ffi::Error::Success();  // dU has no elements
-  Dispatch(ct.element_type(), dims, padding, align_corners, us.last == 1,
-           [&](auto zero, auto d, auto p, auto a, auto one) {
-             using T = decltype(zero);
-             Pick(&avx2::UVjpImpl<T, d, p, a, one>, &portable::UVjpImpl<T, d, p, a, one>)(
-                 pool, ct.typed_data<T>(), grid.typed_data<T>(), du->typed_data<T>(), us, gs,
-                 static_cast<T>(coord_limit));
-           });
+  Bilinear().u_vjp(MakePass(pool, ct.element_type(), padding, align_corners, us, gs, coord_limit),
+                   ct.untyped_data(), grid.untyped_data(), du->untyped_data());
   return ffi::Error::Success();
 }
 
@@ -442,27 +282,17 @@ ffi::Error UGridVjp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
     FillZero(*dgrid);
     return ffi::Error::Success();  // dU has no elements
   }
-  const bool fused = pool.num_threads() <= 1 || gs.batch >= pool.num_threads();
-  Dispatch(u.element_type(), dims, padding, align_corners, us.last == 1,
-           [&](auto zero, auto d, auto p, auto a, auto one) {
-             using T = decltype(zero);
-             const T* uu = u.typed_data<T>();
-             const T* g = grid.typed_data<T>();
-             const T* c = ct.typed_data<T>();
-             T* dui = du->typed_data<T>();
-             T* dg = dgrid->typed_data<T>();
-             const T limit = static_cast<T>(coord_limit);
-             if (fused) {
-               Pick(&avx2::UGridVjpImpl<T, d, p, a, one>,
-                    &portable::UGridVjpImpl<T, d, p, a, one>)(pool, uu, g, c, dui, dg, us, gs,
-                                                               limit);
-               return;
-             }
-             Pick(&avx2::GridVjpImpl<T, d, p, a, one>, &portable::GridVjpImpl<T, d, p, a, one>)(
-                 pool, uu, g, c, dg, us, gs, limit);
-             Pick(&avx2::UVjpImpl<T, d, p, a, one>, &portable::UVjpImpl<T, d, p, a, one>)(
-                 pool, c, g, dui, us, gs, limit);
-           });
+  const Pass pass = MakePass(pool, u.element_type(), padding, align_corners, us, gs,
+                             coord_limit);
+  const BilinearPasses& passes = Bilinear();
+  if (pool.num_threads() <= 1 || gs.batch >= pool.num_threads()) {
+    passes.u_grid_vjp(pass, u.untyped_data(), grid.untyped_data(), ct.untyped_data(),
+                      du->untyped_data(), dgrid->untyped_data());
+  } else {
+    passes.grid_vjp(pass, u.untyped_data(), grid.untyped_data(), ct.untyped_data(),
+                    dgrid->untyped_data());
+    passes.u_vjp(pass, ct.untyped_data(), grid.untyped_data(), du->untyped_data());
+  }
   return ffi::Error::Success();
 }
 
@@ -526,16 +356,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearUGridVjp, UGridVjp,
                                   .Attr<bool>("align_corners")
                                   .Attr<bool>("pixels")
                                   .Attr<double>("coord_limit"));
+
 // ---------------------------------------------------------------------------------------
 // Bicubic / tricubic (Keys, a = -0.75, per-tap padding) and nearest: the passes of
 // separable_passes.inc behind the same checks and dispatch as the bilinear handlers above.
 // Nearest's grid derivative is 0, so it has only the forward and the U-gradient.
 
 namespace {
-
-// Taps per axis of the separable passes' kernels.
-constexpr int kCubic = 4;
-constexpr int kNearest = 1;
 
 // The checks every handler starts with: attributes, and the number of spatial axes.
 ffi::Error CheckAttributes(int32_t padding, double coord_limit, const ffi::AnyBuffer& grid,
@@ -563,14 +390,9 @@ ffi::Error SeparableFwd(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer g
     FillZero(*out);
     return ffi::Error::Success();
   }
-  Dispatch(u.element_type(), dims, padding, align_corners, false,
-           [&](auto zero, auto d, auto p, auto a, auto) {
-             using T = decltype(zero);
-             Pick(&avx2::SeparableFwdImpl<K, T, d, p, a>,
-                  &portable::SeparableFwdImpl<K, T, d, p, a>)(
-                 pool, u.typed_data<T>(), grid.typed_data<T>(), out->typed_data<T>(), us, gs,
-                 static_cast<T>(coord_limit));
-           });
+  Separable<K>().fwd(
+      MakePass(pool, u.element_type(), padding, align_corners, us, gs, coord_limit),
+      u.untyped_data(), grid.untyped_data(), out->untyped_data());
   return ffi::Error::Success();
 }
 
@@ -589,14 +411,9 @@ ffi::Error SeparableUVjp(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer
   STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), grid.element_type()));
   STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), du->element_type()));
   if (EmptyImage(us)) return ffi::Error::Success();  // dU has no elements
-  Dispatch(ct.element_type(), dims, padding, align_corners, false,
-           [&](auto zero, auto d, auto p, auto a, auto) {
-             using T = decltype(zero);
-             Pick(&avx2::SeparableUVjpImpl<K, T, d, p, a>,
-                  &portable::SeparableUVjpImpl<K, T, d, p, a>)(
-                 pool, ct.typed_data<T>(), grid.typed_data<T>(), du->typed_data<T>(), us, gs,
-                 static_cast<T>(coord_limit));
-           });
+  Separable<K>().u_vjp(
+      MakePass(pool, ct.element_type(), padding, align_corners, us, gs, coord_limit),
+      ct.untyped_data(), grid.untyped_data(), du->untyped_data());
   return ffi::Error::Success();
 }
 
@@ -623,16 +440,10 @@ ffi::Error CubicGridPass(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer 
     FillZero(*out);
     return ffi::Error::Success();
   }
-  Dispatch(u.element_type(), dims, padding, align_corners, false,
-           [&](auto zero, auto d, auto p, auto a, auto) {
-             using T = decltype(zero);
-             auto pass = Jvp ? Pick(&avx2::SeparableGridJvpImpl<kCubic, T, d, p, a>,
-                                    &portable::SeparableGridJvpImpl<kCubic, T, d, p, a>)
-                             : Pick(&avx2::SeparableGridVjpImpl<kCubic, T, d, p, a>,
-                                    &portable::SeparableGridVjpImpl<kCubic, T, d, p, a>);
-             pass(pool, u.typed_data<T>(), grid.typed_data<T>(), third.typed_data<T>(),
-                  out->typed_data<T>(), us, gs, static_cast<T>(coord_limit));
-           });
+  const SeparablePasses& passes = Separable<kCubicTaps>();
+  (Jvp ? passes.grid_jvp : passes.grid_vjp)(
+      MakePass(pool, u.element_type(), padding, align_corners, us, gs, coord_limit),
+      u.untyped_data(), grid.untyped_data(), third.untyped_data(), out->untyped_data());
   return ffi::Error::Success();
 }
 
@@ -650,9 +461,14 @@ ffi::Error CubicGridPass(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer 
 #define STN_TWO_ARRAYS .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
 #define STN_THREE_ARRAYS .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
 
-STN_SEPARABLE_HANDLER(StnCubicFwd, SeparableFwd<kCubic>, STN_TWO_ARRAYS);
-STN_SEPARABLE_HANDLER(StnCubicUVjp, SeparableUVjp<kCubic>, STN_TWO_ARRAYS);
+STN_SEPARABLE_HANDLER(StnCubicFwd, SeparableFwd<kCubicTaps>, STN_TWO_ARRAYS);
+STN_SEPARABLE_HANDLER(StnCubicUVjp, SeparableUVjp<kCubicTaps>, STN_TWO_ARRAYS);
 STN_SEPARABLE_HANDLER(StnCubicGridJvp, CubicGridPass<true>, STN_THREE_ARRAYS);
 STN_SEPARABLE_HANDLER(StnCubicGridVjp, CubicGridPass<false>, STN_THREE_ARRAYS);
-STN_SEPARABLE_HANDLER(StnNearestFwd, SeparableFwd<kNearest>, STN_TWO_ARRAYS);
-STN_SEPARABLE_HANDLER(StnNearestUVjp, SeparableUVjp<kNearest>, STN_TWO_ARRAYS);
+STN_SEPARABLE_HANDLER(StnNearestFwd, SeparableFwd<kNearestTaps>, STN_TWO_ARRAYS);
+STN_SEPARABLE_HANDLER(StnNearestUVjp, SeparableUVjp<kNearestTaps>, STN_TWO_ARRAYS);
+
+// Which build of the passes runs: "avx2" or "baseline" (stn_jax.native_status says).
+extern "C" const char* StnPassesIsa() { return UseAvx2() ? "avx2" : "baseline"; }
+
+}  // namespace stn_native

@@ -1,0 +1,145 @@
+"""The baseline build of the compiled passes gives the AVX2 build's bits, on every kernel.
+
+The passes are compiled twice (csrc/passes.h): for the baseline ISA, which every CPU runs
+(ARM, x86 without AVX2), and for AVX2, which x86 machines like this one pick. The AVX2
+build's vector paths repeat the scalar loops' operations in the same order (no FMA), so the
+two builds must agree bit for bit. ``STN_JAX_NATIVE_ISA=baseline`` makes a process run the
+baseline build; this test runs the same calls in a process of each build and compares the
+bytes of ``V``, of both gradients of ``sum(V * R)`` and of the JVP, for bilinear, bicubic and
+nearest, images and volumes, float32 and float64, one and three channels, every padding
+and ``align_corners``, with grids that hold NaN, infinite, huge and exact-edge coordinates
+and images with NaN and infinite pixels. With the other tests (which check the AVX2 build
+against the pure-JAX reference and the float32 forward against an emulation of its scalar
+loop), this puts the build that other machines run under test here.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+KERNELS = ("bilinear", "bicubic", "nearest")
+PADDINGS = ("zeros", "border", "reflection")
+
+
+def _cases():
+  """(kernel, spatial dims, dtype, channels): one U and grid each, every mode inside."""
+  for kernel in KERNELS:
+    for dims in (2, 3):
+      for dtype in ("float32", "float64"):
+        # One channel takes bilinear's own vector paths; the separable passes have none.
+        for channels in (1, 3) if kernel == "bilinear" else (3,):
+          yield kernel, dims, dtype, channels
+
+
+def _inputs(dims: int, dtype: str, channels: int, seed: int):
+  rng = np.random.default_rng(seed)
+  size = (4, 5, 7)[-dims:]  # D, H, W: small, odd and even
+  U = rng.normal(size=(2, *size, channels)).astype(dtype)
+  U.reshape(-1)[[3, 17]] = [np.nan, np.inf]  # non-finite pixels: where they reach, they show
+  out = (3, 6, 9)[-dims:]
+  grid = rng.uniform(-1.3, 1.3, size=(2, *out, dims)).astype(dtype)
+  special = [np.nan, np.inf, -np.inf, 1e30, -1e30, -1.0, 1.0, 0.0, 1 - 1e-7, -1 + 1e-7]
+  flat = grid.reshape(-1)
+  flat[: len(special)] = special
+  flat[len(special) : 2 * len(special)] = special[::-1]
+  R = rng.normal(size=(2, *out, channels)).astype(dtype)
+  dU = rng.normal(size=U.shape).astype(dtype)
+  dgrid = rng.normal(size=grid.shape).astype(dtype)
+  return U, grid, R, dU, dgrid
+
+
+def _run(out_path: str) -> None:
+  """This process's build: every case's outputs, saved to ``out_path`` (npz)."""
+  import jax
+
+  jax.config.update("jax_enable_x64", True)
+  import stn_jax
+
+  status = stn_jax.native_status()
+  assert status.available, status.reason
+  results = {"reason": np.array(status.reason)}
+  for n, (kernel, dims, dtype, channels) in enumerate(_cases()):
+    U, grid, R, dU, dgrid = _inputs(dims, dtype, channels, seed=n)
+
+    @jax.jit
+    def passes(U, grid, R, dU, dgrid, kernel=kernel):
+      outs = []
+      for padding in PADDINGS:
+        for align in (False, True):
+
+          def f(u, g, padding=padding, align=align):
+            return stn_jax.sample(u, g, kernel, padding_mode=padding, align_corners=align)
+
+          V, vjp = jax.vjp(f, U, grid)
+          _, dV = jax.jvp(f, (U, grid), (dU, dgrid))
+          outs += [V, *vjp(R), dV]
+      return outs
+
+    for k, array in enumerate(passes(U, grid, R, dU, dgrid)):
+      results[f"{kernel}_{dims}d_{dtype}_c{channels}_{k}"] = np.asarray(array)
+  np.savez(out_path, **results)
+
+
+def _outputs(tmp_path: pathlib.Path, isa: str | None) -> dict:
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "STN_JAX_NATIVE": "1"}
+  env.pop("XLA_FLAGS", None)  # one CPU device
+  env.pop("STN_JAX_NATIVE_ISA", None)
+  if isa:
+    env["STN_JAX_NATIVE_ISA"] = isa
+  path = tmp_path / f"{isa or 'default'}.npz"
+  proc = subprocess.run(
+    [sys.executable, __file__, str(path)],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with np.load(path) as data:
+    return {key: data[key] for key in data.files}
+
+
+def _has_avx2() -> bool:
+  try:
+    return " avx2" in pathlib.Path("/proc/cpuinfo").read_text()
+  except OSError:
+    return False
+
+
+def test_baseline_build_gives_the_avx2_builds_bits(tmp_path):
+  from stn_jax._src import native
+
+  if not native.available():
+    pytest.skip("the compiled kernels are not built (or STN_JAX_NATIVE=0)")
+  baseline = _outputs(tmp_path, "baseline")
+  default = _outputs(tmp_path, None)
+  assert "baseline build" in str(baseline.pop("reason"))
+  reason = str(default.pop("reason"))
+  if not _has_avx2():
+    pytest.skip(f"no AVX2 here, so both processes ran the baseline build ({reason})")
+  assert "AVX2 build" in reason, reason
+  assert baseline.keys() == default.keys()
+  differ = []
+  for key, expected in default.items():
+    got = baseline[key]
+    assert got.dtype == expected.dtype and got.shape == expected.shape, key
+    width = {4: np.uint32, 8: np.uint64}[expected.dtype.itemsize]
+    # Bit for bit, except that a NaN may be any NaN (which of two NaN operands an
+    # instruction passes on is the ISA's choice, not the kernel's).
+    same = (got.view(width) == expected.view(width)) | (np.isnan(got) & np.isnan(expected))
+    if not same.all():
+      differ.append(f"{key}: {int(np.sum(~same))} of {got.size} elements differ")
+  assert not differ, "baseline and AVX2 builds disagree:\n" + "\n".join(differ)
+  # The comparison has teeth: the cases hold finite values, NaN and inf, all of them.
+  values = np.concatenate([a.ravel() for a in default.values()])
+  assert np.isfinite(values).sum() > 10_000 and np.isnan(values).any()
+
+
+if __name__ == "__main__":
+  _run(sys.argv[1])
