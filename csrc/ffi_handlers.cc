@@ -78,25 +78,33 @@ ffi::Error CheckPadding(int32_t padding) {
 }
 
 // ---------------------------------------------------------------------------------------
-// The passes of this CPU: the AVX2 builds where it has AVX2, else the baseline ones.
-// STN_JAX_NATIVE_ISA=baseline (read once) asks for the baseline builds on an AVX2 CPU too:
-// the tests run them that way, since they are what every other CPU gets.
+// The passes of this CPU: the widest build it runs (AVX-512 for the bilinear forward of
+// one-channel images, AVX2 for the rest, else the baseline builds). STN_JAX_NATIVE_ISA
+// (read once) caps the choice: `baseline` runs the baseline builds, `avx2` the AVX2 ones,
+// on a CPU that has more; the tests run them that way, since other CPUs get them.
 
-bool UseAvx2() {
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+
+Isa PassesIsa() {
 #ifdef STN_HAVE_AVX2
-  static const bool use = [] {
-    const char* isa = std::getenv("STN_JAX_NATIVE_ISA");
-    if (isa != nullptr && std::strcmp(isa, "baseline") == 0) return false;
-    return __builtin_cpu_supports("avx2") != 0;
+  static const Isa isa = [] {
+    const char* cap = std::getenv("STN_JAX_NATIVE_ISA");
+    if (cap != nullptr && std::strcmp(cap, "baseline") == 0) return Isa::kBaseline;
+    if (__builtin_cpu_supports("avx2") == 0) return Isa::kBaseline;
+    if (cap != nullptr && std::strcmp(cap, "avx2") == 0) return Isa::kAvx2;
+    return __builtin_cpu_supports("avx512f") != 0 ? Isa::kAvx512 : Isa::kAvx2;
   }();
-  return use;
+  return isa;
 #else
-  return false;
+  return Isa::kBaseline;
 #endif
 }
 
+bool UseAvx2() { return PassesIsa() != Isa::kBaseline; }
+
 const BilinearPasses& Bilinear() {
 #ifdef STN_HAVE_AVX2
+  if (PassesIsa() == Isa::kAvx512) return avx512::kBilinear;
   if (UseAvx2()) return avx2::kBilinear;
 #endif
   return baseline::kBilinear;
@@ -469,6 +477,15 @@ STN_SEPARABLE_HANDLER(StnNearestFwd, SeparableFwd<kNearestTaps>, STN_TWO_ARRAYS)
 STN_SEPARABLE_HANDLER(StnNearestUVjp, SeparableUVjp<kNearestTaps>, STN_TWO_ARRAYS);
 
 // Which build of the passes runs: "avx2" or "baseline" (stn_jax.native_status says).
-extern "C" const char* StnPassesIsa() { return UseAvx2() ? "avx2" : "baseline"; }
+extern "C" const char* StnPassesIsa() {
+  switch (PassesIsa()) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "baseline";
+  }
+}
 
 }  // namespace stn_native

@@ -36,7 +36,7 @@ INCLUDE="$("$PYTHON" -c 'import jax; print(jax.ffi.include_dir())')"
 # are the release build's (setup.py), so the same code is checked.
 FLAGS=(-std=c++17 -O1 -g -fno-omit-frame-pointer -fPIC -shared
   -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all
-  -fno-trapping-math -fno-math-errno)
+  -fno-trapping-math -fno-math-errno -ffp-contract=off)
 
 # Rebuilt only when csrc/ is newer than the build in $OUT (minutes on a busy machine).
 stale=0

@@ -1,16 +1,17 @@
-"""The baseline build of the compiled passes gives the AVX2 build's bits, on every kernel.
+"""Every build of the compiled passes gives the same bits, on every kernel.
 
 The passes are compiled twice (csrc/passes.h): for the baseline ISA, which every CPU runs
-(ARM, x86 without AVX2), and for AVX2, which x86 machines like this one pick. The AVX2
-build's vector paths repeat the scalar loops' operations in the same order (no FMA), so the
-two builds must agree bit for bit. ``STN_JAX_NATIVE_ISA=baseline`` makes a process run the
-baseline build; this test runs the same calls in a process of each build and compares the
-bytes of ``V``, of both gradients of ``sum(V * R)`` and of the JVP, for bilinear, bicubic and
-nearest, images and volumes, float32 and float64, one and three channels, every padding
+(ARM, x86 without AVX2), and for AVX2, which x86 machines pick; CPUs with AVX-512 also run
+a 16-lane pass for the one-channel float32 bilinear forward (csrc/bilinear_avx512.cc). The
+vector paths repeat the scalar loops' operations in the same order (no FMA), so the builds
+must agree bit for bit. ``STN_JAX_NATIVE_ISA=baseline`` / ``avx2`` caps a process at that
+build; this test runs the same calls in a process of each build and compares the bytes of
+``V``, of both gradients of ``sum(V * R)`` and of the JVP, for bilinear, bicubic and
+nearest, images and volumes, float32 and float64, one, three and six channels, every padding
 and ``align_corners``, with grids that hold NaN, infinite, huge and exact-edge coordinates
-and images with NaN and infinite pixels. With the other tests (which check the AVX2 build
+and images with NaN and infinite pixels. With the other tests (which check this CPU's build
 against the pure-JAX reference and the float32 forward against an emulation of its scalar
-loop), this puts the build that other machines run under test here.
+loop), this puts the builds that other machines run under test here.
 """
 
 import os
@@ -32,7 +33,7 @@ def _cases():
     for dims in (2, 3):
       for dtype in ("float32", "float64"):
         # One channel takes bilinear's own vector paths; the separable passes have none.
-        for channels in (1, 3) if kernel == "bilinear" else (3,):
+        for channels in (1, 3, 6) if kernel == "bilinear" else (3,):
           yield kernel, dims, dtype, channels
 
 
@@ -105,39 +106,48 @@ def _outputs(tmp_path: pathlib.Path, isa: str | None) -> dict:
     return {key: data[key] for key in data.files}
 
 
-def _has_avx2() -> bool:
+def _cpu_has(flag: str) -> bool:
   try:
-    return " avx2" in pathlib.Path("/proc/cpuinfo").read_text()
+    return f" {flag}" in pathlib.Path("/proc/cpuinfo").read_text()
   except OSError:
     return False
 
 
-def test_baseline_build_gives_the_avx2_builds_bits(tmp_path):
+def _differences(a: dict, b: dict) -> list[str]:
+  """The keys whose arrays differ in any bit, except that a NaN may be any NaN (which of
+  two NaN operands an instruction passes on is the ISA's choice, not the kernel's)."""
+  assert a.keys() == b.keys()
+  differ = []
+  for key, expected in a.items():
+    got = b[key]
+    assert got.dtype == expected.dtype and got.shape == expected.shape, key
+    width = {4: np.uint32, 8: np.uint64}[expected.dtype.itemsize]
+    same = (got.view(width) == expected.view(width)) | (np.isnan(got) & np.isnan(expected))
+    if not same.all():
+      differ.append(f"{key}: {int(np.sum(~same))} of {got.size} elements differ")
+  return differ
+
+
+def test_every_build_gives_the_same_bits(tmp_path):
+  """Baseline == AVX2 (every pass), and AVX2 == AVX-512 (its one-channel forward)."""
   from stn_jax._src import native
 
   if not native.available():
     pytest.skip("the compiled kernels are not built (or STN_JAX_NATIVE=0)")
-  baseline = _outputs(tmp_path, "baseline")
-  default = _outputs(tmp_path, None)
-  assert "baseline build" in str(baseline.pop("reason"))
-  reason = str(default.pop("reason"))
-  if not _has_avx2():
-    pytest.skip(f"no AVX2 here, so both processes ran the baseline build ({reason})")
-  assert "AVX2 build" in reason, reason
-  assert baseline.keys() == default.keys()
-  differ = []
-  for key, expected in default.items():
-    got = baseline[key]
-    assert got.dtype == expected.dtype and got.shape == expected.shape, key
-    width = {4: np.uint32, 8: np.uint64}[expected.dtype.itemsize]
-    # Bit for bit, except that a NaN may be any NaN (which of two NaN operands an
-    # instruction passes on is the ISA's choice, not the kernel's).
-    same = (got.view(width) == expected.view(width)) | (np.isnan(got) & np.isnan(expected))
-    if not same.all():
-      differ.append(f"{key}: {int(np.sum(~same))} of {got.size} elements differ")
+  if not _cpu_has("avx2"):
+    pytest.skip("no AVX2 here: every process runs the baseline build")
+  outputs = {isa: _outputs(tmp_path, isa) for isa in ("baseline", "avx2", None)}
+  reasons = {isa: str(out.pop("reason")) for isa, out in outputs.items()}
+  assert "baseline build" in reasons["baseline"], reasons["baseline"]
+  assert "AVX2 build" in reasons["avx2"] and "AVX-512" not in reasons["avx2"], reasons["avx2"]
+  # The default process runs the widest build this CPU has.
+  assert ("AVX-512" in reasons[None]) == _cpu_has("avx512f"), reasons[None]
+  differ = _differences(outputs["avx2"], outputs["baseline"])
   assert not differ, "baseline and AVX2 builds disagree:\n" + "\n".join(differ)
+  differ = _differences(outputs["avx2"], outputs[None])
+  assert not differ, "the AVX2 build and this CPU's default disagree:\n" + "\n".join(differ)
   # The comparison has teeth: the cases hold finite values, NaN and inf, all of them.
-  values = np.concatenate([a.ravel() for a in default.values()])
+  values = np.concatenate([a.ravel() for a in outputs[None].values()])
   assert np.isfinite(values).sum() > 10_000 and np.isnan(values).any()
 
 
