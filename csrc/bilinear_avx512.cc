@@ -1,9 +1,10 @@
-// The one-channel float32 bilinear forward for CPUs with AVX-512: sixteen points per step,
-// the taps read by masked gathers, so a tap outside the image is never loaded and needs no
-// clipped offset. Batches of one-channel images (MNIST-sized) are bound by this per-point
-// work, and PyTorch runs its 16-lane build on these CPUs. Every other pass, and the cases
-// this one leaves (reflection padding, align_corners with a one-pixel axis, float64,
-// several channels, volumes), are the AVX2 build's (bilinear_passes.inc).
+// The float32 bilinear forward of one- and three-channel images for CPUs with AVX-512:
+// sixteen points per step, the taps read by masked gathers, so a tap outside the image is
+// never loaded and needs no clipped offset. Batches of small images (MNIST-sized, one
+// channel) and RGB images are bound by this per-point work, and PyTorch runs its 16-lane
+// build on these CPUs. Every other pass, and the cases this one leaves (reflection
+// padding, align_corners with a one-pixel axis, float64, other channel counts, volumes),
+// are the AVX2 build's (bilinear_passes.inc).
 //
 // Every operation is the scalar loop's, in the same order, without FMA: the same
 // coordinates, floors, weights, masks and sums, so the results are bitwise the baseline
@@ -67,24 +68,58 @@ inline Axis16 AxisTaps16(__m512 g, int64_t size, bool pixels, float limit) {
   return a;
 }
 
-// V of points [0, count) of one example's one-channel image.
-template <int Padding, bool Align>
+// The first `n` of sixteen lanes (n may be out of [0, 16]: clipped).
+inline __mmask16 FirstLanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
+
+// Interleave3's permutations: output vector q, lane l holds float m = 16 q + l of the
+// points' pixels, channel m % 3 of point m / 3. `first` takes channels 0 and 1 from two
+// vectors (channel 2's lanes: any), `second` then channel 2 from the third.
+struct alignas(64) Interleave3Indices {
+  int32_t first[3][16], second[3][16];
+};
+
+constexpr Interleave3Indices MakeInterleave3Indices() {
+  Interleave3Indices t{};
+  for (int q = 0; q < 3; ++q) {
+    for (int l = 0; l < 16; ++l) {
+      const int m = 16 * q + l, point = m / 3, channel = m % 3;
+      t.first[q][l] = channel == 1 ? 16 + point : point;
+      t.second[q][l] = channel == 2 ? 16 + point : l;
+    }
+  }
+  return t;
+}
+
+constexpr Interleave3Indices kInterleave3 = MakeInterleave3Indices();
+
+// Three channels' values of sixteen points -> the 48 floats of their pixels in memory
+// order, in three vectors.
+inline void Interleave3(const __m512* v, __m512* out) {
+  for (int q = 0; q < 3; ++q) {
+    const __m512 t = _mm512_permutex2var_ps(v[0], _mm512_load_si512(kInterleave3.first[q]), v[1]);
+    out[q] = _mm512_permutex2var_ps(t, _mm512_load_si512(kInterleave3.second[q]), v[2]);
+  }
+}
+
+// V of points [0, count) of one example's image of K channels (1 or 3).
+template <int Padding, bool Align, int K>
 void FwdRun(const float* image, const float* grid, int64_t count, const Geometry<2>& geo,
             float limit, float* out) {
+  static_assert(K == 1 || K == 3);
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
                                          28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   const __m512i row = _mm512_set1_epi32(geo.stride[1]);
-  const __m512i next = _mm512_set1_epi32(1);  // geo.stride[0]: one channel
+  const __m512i next = _mm512_set1_epi32(geo.stride[0]);  // K
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t j = 0; j < count; j += 16) {
     // The last step's missing points: masked off in the loads, the gathers and the store.
-    const int rest = static_cast<int>(std::min<int64_t>(16, count - j));
-    const __mmask16 points = static_cast<__mmask16>((1u << rest) - 1);
-    const __mmask16 low = static_cast<__mmask16>(rest >= 8 ? 0xFFFFu : (1u << (2 * rest)) - 1);
-    const __mmask16 high = static_cast<__mmask16>(rest <= 8 ? 0u : (1u << (2 * rest - 16)) - 1);
-    const __m512 a = _mm512_maskz_loadu_ps(low, grid + 2 * j);
-    const __m512 b = _mm512_maskz_loadu_ps(high, grid + 2 * j + 16);
+    const int64_t rest = std::min<int64_t>(16, count - j);
+    const __mmask16 points = FirstLanes(rest);
+    const __m512 a = _mm512_maskz_loadu_ps(FirstLanes(2 * rest), grid + 2 * j);
+    const __m512 b = _mm512_maskz_loadu_ps(FirstLanes(2 * rest - 16), grid + 2 * j + 16);
     __m512 gx = _mm512_permutex2var_ps(a, even, b);
     __m512 gy = _mm512_permutex2var_ps(a, odd, b);
     // A NaN coordinate makes the point unreadable: it reads 0, from the coordinate 0.
@@ -93,38 +128,54 @@ void FwdRun(const float* image, const float* grid, int64_t count, const Geometry
     gy = _mm512_maskz_mov_ps(readable, gy);
     const Axis16 x = AxisTaps16<Padding, Align>(gx, geo.size[0], geo.pixels, limit);
     const Axis16 y = AxisTaps16<Padding, Align>(gy, geo.size[1], geo.pixels, limit);
-    const __m512i top = _mm512_add_epi32(_mm512_mullo_epi32(y.i, row), x.i);
+    const __m512i column = K == 1 ? x.i : _mm512_mullo_epi32(x.i, next);
+    const __m512i top = _mm512_add_epi32(_mm512_mullo_epi32(y.i, row), column);
     const __m512i bottom = _mm512_add_epi32(top, row);
-    const __m512 v00 = _mm512_mask_i32gather_ps(zero, readable & y.inside0 & x.inside0, top,
-                                                image, 4);
-    const __m512 v01 = _mm512_mask_i32gather_ps(zero, readable & y.inside0 & x.inside1,
-                                                _mm512_add_epi32(top, next), image, 4);
-    const __m512 v10 = _mm512_mask_i32gather_ps(zero, readable & y.inside1 & x.inside0,
-                                                bottom, image, 4);
-    const __m512 v11 = _mm512_mask_i32gather_ps(zero, readable & y.inside1 & x.inside1,
-                                                _mm512_add_epi32(bottom, next), image, 4);
-    // Interpolate: along x, then y.
-    const __m512 h0 = _mm512_add_ps(_mm512_mul_ps(v00, x.w0), _mm512_mul_ps(v01, x.w1));
-    const __m512 h1 = _mm512_add_ps(_mm512_mul_ps(v10, x.w0), _mm512_mul_ps(v11, x.w1));
-    const __m512 v = _mm512_add_ps(_mm512_mul_ps(h0, y.w0), _mm512_mul_ps(h1, y.w1));
-    _mm512_mask_storeu_ps(out + j, points, v);
+    const __mmask16 keep00 = readable & y.inside0 & x.inside0;
+    const __mmask16 keep01 = readable & y.inside0 & x.inside1;
+    const __mmask16 keep10 = readable & y.inside1 & x.inside0;
+    const __mmask16 keep11 = readable & y.inside1 & x.inside1;
+    __m512 v[K];
+    for (int k = 0; k < K; ++k) {
+      const float* base = image + k;
+      const __m512 v00 = _mm512_mask_i32gather_ps(zero, keep00, top, base, 4);
+      const __m512 v01 =
+          _mm512_mask_i32gather_ps(zero, keep01, _mm512_add_epi32(top, next), base, 4);
+      const __m512 v10 = _mm512_mask_i32gather_ps(zero, keep10, bottom, base, 4);
+      const __m512 v11 =
+          _mm512_mask_i32gather_ps(zero, keep11, _mm512_add_epi32(bottom, next), base, 4);
+      // Interpolate: along x, then y.
+      const __m512 h0 = _mm512_add_ps(_mm512_mul_ps(v00, x.w0), _mm512_mul_ps(v01, x.w1));
+      const __m512 h1 = _mm512_add_ps(_mm512_mul_ps(v10, x.w0), _mm512_mul_ps(v11, x.w1));
+      v[k] = _mm512_add_ps(_mm512_mul_ps(h0, y.w0), _mm512_mul_ps(h1, y.w1));
+    }
+    if constexpr (K == 1) {
+      _mm512_mask_storeu_ps(out + j, points, v[0]);
+    } else {
+      __m512 pixels[3];
+      Interleave3(v, pixels);
+      for (int q = 0; q < 3; ++q) {
+        _mm512_mask_storeu_ps(out + 3 * j + 16 * q, FirstLanes(3 * rest - 16 * q), pixels[q]);
+      }
+    }
   }
 }
 
 // The cases this build covers; the AVX2 build runs the others.
 bool Applies(const Pass& pass) {
   const Shape& us = pass.image;
-  return pass.dtype == ffi::DataType::F32 && pass.grid.dims == 2 && us.last == 1 &&
+  return pass.dtype == ffi::DataType::F32 && pass.grid.dims == 2 &&
+         (us.last == 1 || us.last == 3) &&
          pass.padding != kReflection &&
          !(pass.align_corners && !us.pixels && (us.spatial[0] == 1 || us.spatial[1] == 1));
 }
 
-template <int Padding, bool Align>
-void FwdOneChannel(const Pass& pass, const float* u, const float* grid, float* out) {
+template <int Padding, bool Align, int K>
+void FwdPoints(const Pass& pass, const float* u, const float* grid, float* out) {
   const Geometry<2> geo = ImageGeometry<2>(pass.image);
   const Rows rows = GridRows(pass.grid);
   const float limit = static_cast<float>(pass.coord_limit);
-  constexpr int64_t kCostPerPoint = 20;  // FwdImpl's estimate: 8 * Dims + taps
+  constexpr int64_t kCostPerPoint = 16 + 4 * K;  // FwdImpl's estimate: 8 * Dims + taps
   ParallelFor(*pass.pool, rows.count, rows.length * kCostPerPoint, [&](int64_t begin,
                                                                         int64_t end) {
     // The rows of one example are one contiguous run of grid points and outputs.
@@ -132,8 +183,8 @@ void FwdOneChannel(const Pass& pass, const float* u, const float* grid, float* o
       const int64_t example = r / rows.per_example;
       const int64_t stop = std::min(end, (example + 1) * rows.per_example);
       const int64_t p = r * rows.length;
-      FwdRun<Padding, Align>(u + example * geo.elements, grid + 2 * p,
-                             (stop - r) * rows.length, geo, limit, out + p);
+      FwdRun<Padding, Align, K>(u + example * geo.elements, grid + 2 * p,
+                                (stop - r) * rows.length, geo, limit, out + K * p);
       r = stop;
     }
   });
@@ -147,13 +198,24 @@ void Fwd(const Pass& pass, const void* u, const void* grid, void* out) {
   const auto* uf = static_cast<const float*>(u);
   const auto* gf = static_cast<const float*>(grid);
   auto* of = static_cast<float*>(out);
-  const bool zeros = pass.padding == kZeros;
-  if (pass.align_corners) {
-    zeros ? FwdOneChannel<kZeros, true>(pass, uf, gf, of)
-          : FwdOneChannel<kBorder, true>(pass, uf, gf, of);
+  auto run = [&](auto padding, auto align) {
+    if (pass.image.last == 1) {
+      FwdPoints<padding, align, 1>(pass, uf, gf, of);
+    } else {
+      FwdPoints<padding, align, 3>(pass, uf, gf, of);
+    }
+  };
+  auto with_align = [&](auto padding) {
+    if (pass.align_corners) {
+      run(padding, std::true_type{});
+    } else {
+      run(padding, std::false_type{});
+    }
+  };
+  if (pass.padding == kZeros) {
+    with_align(std::integral_constant<int, kZeros>{});
   } else {
-    zeros ? FwdOneChannel<kZeros, false>(pass, uf, gf, of)
-          : FwdOneChannel<kBorder, false>(pass, uf, gf, of);
+    with_align(std::integral_constant<int, kBorder>{});
   }
 }
 
