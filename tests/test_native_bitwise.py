@@ -2,7 +2,8 @@
 
 The kernels are compiled twice, for the baseline ISA and for AVX2, and the AVX2 build
 takes vector paths (coordinates, weights and masks of eight points in registers, gathers)
-where the baseline runs the scalar loop. Both must give the same bits, whichever build a
+where the baseline runs the scalar loop; on CPUs with AVX-512 the one- and three-channel
+forward runs sixteen points per step (csrc/bilinear_avx512.cc). Both must give the same bits, whichever build a
 machine loads. The oracle here is that scalar loop written again in numpy float32: every
 operation in the same order, each rounded to float32 as C++ rounds it (no FMA), so any
 vector path that reorders, fuses or drops an operation shows up as a bitwise difference.
@@ -111,13 +112,15 @@ def test_forward_equals_the_scalar_loop_bitwise(rng, channels, padding_mode, ali
 @pytest.mark.parametrize("width", [2, 3, 8])
 @pytest.mark.parametrize("padding_mode", stn_jax.PADDING_MODES)
 @pytest.mark.parametrize("align_corners", [False, True])
-def test_one_channel_row_ends_bitwise(rng, width, padding_mode, align_corners):
+@pytest.mark.parametrize("channels", [1, 3])
+def test_row_ends_bitwise(rng, channels, width, padding_mode, align_corners):
   # The one-channel AVX2 forward reads a row's two taps as one pair of floats starting at
   # the first tap clamped to [0, W - 2]: at x0 = W - 1 the kept tap is the pair's high
-  # float, at x0 = -1 the low one. Points swept across each row end and past it, with
-  # NaN and inf pixels beside the ends, so a wrong pick or an unmasked neighbour shows.
-  u = rng.normal(size=(2, 4, width, 1)).astype(F)
-  u[0, 1, 0, 0], u[0, 2, width - 1, 0], u[1, 0, 1, 0] = np.nan, np.inf, -np.inf
+  # float, at x0 = -1 the low one; the AVX-512 forward (one and three channels) masks its
+  # gathers at the ends instead. Points swept across each row end and past it, with NaN
+  # and inf pixels beside the ends, so a wrong pick or an unmasked neighbour shows.
+  u = rng.normal(size=(2, 4, width, channels)).astype(F)
+  u[0, 1, 0, 0], u[0, 2, width - 1, -1], u[1, 0, 1, 0] = np.nan, np.inf, -np.inf
   x = np.linspace(-1.6, 1.6, 8 * 13, dtype=np.float64)
   y = np.linspace(-1.3, 1.3, 5, dtype=np.float64)
   g = np.stack(np.broadcast_arrays(x[None, :], y[:, None]), -1)
