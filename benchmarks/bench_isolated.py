@@ -21,11 +21,12 @@ loss whose backward needs the forward).
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
+
+from machine import cpu_model  # benchmarks/machine.py
 
 # (N, H, W, C) of each workload: bench_sampler.py's 2-D bilinear and nearest rows.
 WORKLOADS = {
@@ -157,7 +158,7 @@ def main(args) -> None:
       )
   load_end = os.getloadavg()
   info = {
-    "machine": platform.processor() or platform.machine(),
+    "machine": cpu_model(),
     "cpu_count": os.cpu_count(),
     "threads": args.threads,
     "rounds": args.rounds,
@@ -174,7 +175,8 @@ def main(args) -> None:
   lines = [
     f"# stn_jax vs PyTorch, each alone in its process ({args.threads} thread(s))",
     "",
-    f"{info['cpu_count']} cores, {args.threads} thread(s) per process; median over "
+    f"Machine: {info['machine']}, {info['cpu_count']} cores, {args.threads} thread(s) per "
+    f"process; median over "
     f"{args.rounds} alternating processes of each process's median of {args.calls} calls. "
     "Load average (1, 5, 15 min) at start "
     + "/".join(f"{x:.1f}" for x in load_start)

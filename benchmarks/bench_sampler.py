@@ -61,6 +61,7 @@ if ARGS is not None and ARGS.threads is not None:
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 import stn_jax  # noqa: E402
 
@@ -356,20 +357,11 @@ def time_round_robin(runners: dict, repeats: int, device: str, warmup: int = 2) 
 
 
 def machine_info(device: str, threads: int) -> dict:
-  cpu_model = platform.processor() or "unknown"
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu_model = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
   info = {
     "device": device,
     "jax_backend": jax.default_backend(),
     "jax_devices": [str(d) + " " + getattr(d, "device_kind", "") for d in jax.devices()],
-    "cpu_model": cpu_model,
+    "cpu_model": cpu_model(),
     "os_cpu_count": os.cpu_count(),
     "threads": threads,
     "python": sys.version.split()[0],

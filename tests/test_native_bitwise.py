@@ -3,10 +3,11 @@
 The kernels are compiled twice, for the baseline ISA and for AVX2, and the AVX2 build
 takes vector paths (coordinates, weights and masks of eight points in registers, gathers)
 where the baseline runs the scalar loop; on CPUs with AVX-512 the one- and three-channel
-forward runs sixteen points per step (csrc/bilinear_avx512.cc). Both must give the same bits, whichever build a
-machine loads. The oracle here is that scalar loop written again in numpy float32: every
-operation in the same order, each rounded to float32 as C++ rounds it (no FMA), so any
-vector path that reorders, fuses or drops an operation shows up as a bitwise difference.
+forward runs sixteen points per step (csrc/bilinear_avx512.cc). All must give the same
+bits, whichever build a machine loads. The oracle here is that scalar loop written again in
+numpy float32: every operation in the same order, each rounded to float32 as C++ rounds it
+(no FMA), so any vector path that reorders, fuses or drops an operation shows up as a
+bitwise difference.
 """
 
 import numpy as np
