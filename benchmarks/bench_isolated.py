@@ -176,7 +176,7 @@ def main(args) -> None:
     f"# stn_jax vs PyTorch, each alone in its process ({args.threads} thread(s))",
     "",
     f"Machine: {info['machine']}, {info['cpu_count']} cores, {args.threads} thread(s) per "
-    f"process; median over "
+    "process; median over "
     f"{args.rounds} alternating processes of each process's median of {args.calls} calls. "
     "Load average (1, 5, 15 min) at start "
     + "/".join(f"{x:.1f}" for x in load_start)

@@ -79,7 +79,7 @@ ffi::Error CheckPadding(int32_t padding) {
 
 // ---------------------------------------------------------------------------------------
 // The passes of this CPU: the widest build it runs (AVX-512 for the bilinear forward of
-// one-channel images, AVX2 for the rest, else the baseline builds). STN_JAX_NATIVE_ISA
+// one- and three-channel images, AVX2 for the rest, else the baseline builds). STN_JAX_NATIVE_ISA
 // (read once) caps the choice: `baseline` runs the baseline builds, `avx2` the AVX2 ones,
 // on a CPU that has more; the tests run them that way, since other CPUs get them.
 
@@ -476,7 +476,7 @@ STN_SEPARABLE_HANDLER(StnCubicGridVjp, CubicGridPass<false>, STN_THREE_ARRAYS);
 STN_SEPARABLE_HANDLER(StnNearestFwd, SeparableFwd<kNearestTaps>, STN_TWO_ARRAYS);
 STN_SEPARABLE_HANDLER(StnNearestUVjp, SeparableUVjp<kNearestTaps>, STN_TWO_ARRAYS);
 
-// Which build of the passes runs: "avx2" or "baseline" (stn_jax.native_status says).
+// Which build of the passes runs: "avx512", "avx2" or "baseline" (native_status says).
 extern "C" const char* StnPassesIsa() {
   switch (PassesIsa()) {
     case Isa::kAvx512:

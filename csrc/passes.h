@@ -1,8 +1,8 @@
 // The passes as tables of entry points, one table per kernel and per build. Each kernel's
 // passes are compiled in their own units, for the baseline ISA (`baseline`, every CPU) and
 // for AVX2 (`avx2`, x86 only); the FFI handlers (ffi_handlers.cc) pick the AVX2 table where
-// the CPU has AVX2, and the AVX-512 bilinear table (one pass of its own) where it has that. Separate units compile in parallel (setup.py), which is most of the
-// install time of the package.
+// the CPU has AVX2, and the AVX-512 bilinear table (one pass of its own) where it has that.
+// Separate units compile in parallel (setup.py), which is most of the install time.
 //
 //   fwd       V[p, c]  = sum_t w_t(p) U[tap_t(p), c]
 //   grid_jvp  dV[p, c] = sum_a dV/dx_a[p, c] dx_a[p]                 (linear in dgrid)
