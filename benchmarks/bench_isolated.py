@@ -16,11 +16,20 @@ its median; the table gives the median over rounds of those medians.
 
 Passes: the forward, and forward+backward w.r.t. ``U`` and ``grid`` of ``sum(V ** 2)`` (a
 loss whose backward needs the forward).
+
+Each process also counts its minor page faults per timed call. By default glibc's malloc
+returns large freed buffers to the OS, so a call that allocates tens of MB (the
+forward+backward of 16 RGB 224x224 images) faults its pages in again every time, in
+either library. ``--keep-freed-memory`` starts both libraries' processes with the glibc
+settings that the ``stn-jax`` command applies to itself (``keep_freed_memory`` in
+``stn_jax/digits/cli.py``, here as environment variables), so the table shows the
+passes without that cost (files ``*_keep``).
 """
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -38,6 +47,13 @@ WORKLOADS = {
 PASSES = ("fwd", "fwd+bwd V^2")
 IMPLS = ("stn_jax", "torch")
 HERE = os.path.dirname(os.path.abspath(__file__))
+# glibc reads these at start-up: the settings of stn_jax.digits.cli.keep_freed_memory.
+KEEP_FREED_MEMORY_ENV = {
+  "MALLOC_ARENA_MAX": "1",
+  "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+  "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+  "MALLOC_TOP_PAD_": str(64 << 20),
+}
 
 
 def _inputs(shape, seed=0):
@@ -114,18 +130,21 @@ def child(args) -> None:
   for _ in range(2):
     run()
   times = []
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(args.calls):
     t0 = time.perf_counter()
     run()
     times.append(time.perf_counter() - t0)
-  print(json.dumps({"median_s": statistics.median(times)}))
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+  print(json.dumps({"median_s": statistics.median(times), "faults_per_call": faults / args.calls}))
 
 
 def _one(impl, workload, pass_name, args) -> float:
   cmd = [sys.executable, os.path.abspath(__file__), "--child", impl, "--workload", workload]
   cmd += ["--pass-name", pass_name, "--threads", str(args.threads), "--calls", str(args.calls)]
-  out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-  return json.loads(out.strip().splitlines()[-1])["median_s"]
+  env = dict(os.environ, **KEEP_FREED_MEMORY_ENV) if args.keep_freed_memory else None
+  out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+  return json.loads(out.strip().splitlines()[-1])
 
 
 def main(args) -> None:
@@ -135,10 +154,14 @@ def main(args) -> None:
   for workload in workloads:
     for pass_name in PASSES:
       samples = {impl: [] for impl in IMPLS}
+      faults = {impl: [] for impl in IMPLS}
       for r in range(args.rounds):
         for impl in IMPLS[r % 2 :] + IMPLS[: r % 2]:
-          samples[impl].append(_one(impl, workload, pass_name, args))
+          result = _one(impl, workload, pass_name, args)
+          samples[impl].append(result["median_s"])
+          faults[impl].append(result["faults_per_call"])
       ms = {impl: 1e3 * statistics.median(v) for impl, v in samples.items()}
+      faults = {impl: statistics.median(v) for impl, v in faults.items()}
       rows.append(
         {
           "workload": workload,
@@ -148,6 +171,8 @@ def main(args) -> None:
           "stn_jax_ms": ms["stn_jax"],
           "torch_ms": ms["torch"],
           "ratio": ms["stn_jax"] / ms["torch"],
+          "stn_jax_faults_per_call": faults["stn_jax"],
+          "torch_faults_per_call": faults["torch"],
           "per_process_ms": {k: [1e3 * s for s in v] for k, v in samples.items()},
         }
       )
@@ -163,17 +188,26 @@ def main(args) -> None:
     "threads": args.threads,
     "rounds": args.rounds,
     "calls": args.calls,
+    "keep_freed_memory": args.keep_freed_memory,
     "load_start": load_start,
     "load_end": load_end,
   }
   if args.no_save:
     return
   os.makedirs(args.out, exist_ok=True)
-  stem = os.path.join(args.out, f"isolated_cpu_threads{args.threads}")
+  suffix = "_keep" if args.keep_freed_memory else ""
+  stem = os.path.join(args.out, f"isolated_cpu_threads{args.threads}{suffix}")
   with open(stem + ".json", "w") as f:
     json.dump({"info": info, "rows": rows}, f, indent=1)
   lines = [
     f"# stn_jax vs PyTorch, each alone in its process ({args.threads} thread(s))",
+    "",
+    (
+      "glibc malloc settings: the `stn-jax` command's (`--keep-freed-memory`: freed memory "
+      "kept for reuse), in both libraries' processes."
+      if args.keep_freed_memory
+      else "glibc malloc settings: the defaults (large freed buffers go back to the OS)."
+    ),
     "",
     f"Machine: {info['machine']}, {info['cpu_count']} cores, {args.threads} thread(s) per "
     "process; median over "
@@ -184,14 +218,16 @@ def main(args) -> None:
     + "/".join(f"{x:.1f}" for x in load_end)
     + ".",
     "",
-    "| workload | pass | stn_jax ms | torch ms | stn/torch |",
-    "|---|---|---:|---:|---:|",
+    "| workload | pass | stn_jax ms | torch ms | stn/torch | stn_jax faults/call "
+    "| torch faults/call |",
+    "|---|---|---:|---:|---:|---:|---:|",
   ]
   for r in rows:
     shape = "x".join(map(str, r["shape"]))
     lines.append(
       f"| {r['workload']} {shape} | {r['pass']} | {r['stn_jax_ms']:.3f} | {r['torch_ms']:.3f} "
-      f"| {r['ratio']:.2f} |"
+      f"| {r['ratio']:.2f} | {r['stn_jax_faults_per_call']:.0f} "
+      f"| {r['torch_faults_per_call']:.0f} |"
     )
   with open(stem + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")
@@ -206,6 +242,11 @@ def _parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--workloads", default="mnist,images", help=f"of {','.join(WORKLOADS)}")
   p.add_argument("--out", default=os.path.join(HERE, "results"))
   p.add_argument("--no-save", action="store_true", help="print only")
+  p.add_argument(
+    "--keep-freed-memory",
+    action="store_true",
+    help="run both libraries with the stn-jax command's glibc malloc settings",
+  )
   # Internal: one timed process.
   p.add_argument("--child", choices=IMPLS, help=argparse.SUPPRESS)
   p.add_argument("--workload", choices=tuple(WORKLOADS), help=argparse.SUPPRESS)
