@@ -33,8 +33,9 @@ def _cases():
   for kernel in KERNELS:
     for dims in (2, 3):
       for dtype in ("float32", "float64"):
-        # Bilinear's vector paths depend on the channels (1; 3 on AVX-512; 2-8 on AVX2,
-        # 6 in 256-bit lanes); the separable passes have no per-channel-count paths.
+        # Bilinear's vector paths depend on the channels (1; 3 on AVX-512; 2-8 on AVX2 in
+        # the forward and the grid cotangent, 6 in 256-bit lanes; 3 in the unrolled dU
+        # scatter); the separable passes have no per-channel-count paths.
         for channels in (1, 3, 6) if kernel == "bilinear" else (3,):
           yield kernel, dims, dtype, channels
 
