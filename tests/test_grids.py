@@ -263,6 +263,33 @@ def test_antialiased_sampling_on_a_one_pixel_axis_with_infinite_coordinates():
     np.testing.assert_array_equal(np.asarray(V)[0, :, 0], expected)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_pixel_axis_keeps_the_rounding_of_x_plus_one_under_jit(dtype):
+  # Without align_corners a one-pixel axis maps x to ((x + 1) * 1 - 1) / 2 with every step
+  # rounded in the dtype, as PyTorch computes it. XLA folds that to x / 2 under jit unless
+  # told not to. At x = 1 + eps the rounded value is 0.5, which nearest sampling rounds
+  # (half to even) to pixel 0, inside; x / 2 = 0.5 + eps / 2 rounds to pixel 1, outside,
+  # and read 0 on the pure-JAX path (found by tests/test_native_fuzz.py).
+  from stn_jax._src import gather, grids, kernels
+
+  x = np.nextafter(dtype(1), dtype(2))
+  expected = ((x + dtype(1)) * dtype(1) - dtype(1)) / dtype(2)  # numpy, in the dtype
+  assert expected == 0.5
+  assert jax.jit(lambda g: grids.unnormalize(g, 1, False))(jnp.asarray(x)) == expected
+  U = jnp.arange(1.0, 4.0, dtype=dtype).reshape(1, 1, 1, 3)  # one pixel, three channels
+  grid = jnp.asarray(np.array([[[[0.0, x]]]], dtype))  # y on the pixel's lower edge
+  nearest = kernels.resolve("nearest")
+
+  @jax.jit
+  def pure(U, grid):
+    return jax.vmap(lambda u, g: gather.sample_gather(u, g, nearest, "zeros", False))(U, grid)
+
+  np.testing.assert_array_equal(np.asarray(pure(U, grid)).ravel(), [1.0, 2.0, 3.0])
+  # The compiled kernels (where they run) and the public entry point agree.
+  sample = jax.jit(lambda U, g: stn_jax.sample(U, g, "nearest", padding_mode="zeros"))
+  np.testing.assert_array_equal(np.asarray(sample(U, grid)).ravel(), [1.0, 2.0, 3.0])
+
+
 def test_compose_and_invert(rng):
   a = np.eye(2, 3) + 0.3 * rng.normal(size=(2, 3))
   b = np.eye(2, 3) + 0.3 * rng.normal(size=(2, 3))

@@ -219,6 +219,26 @@ ONE_PIXEL_INF = dict(
     seed=2,
   )
 )
+# A one-pixel axis without align_corners, a coordinate on the pixel's edge: the reference
+# under jit once let XLA fold ((x + 1) - 1) / 2 into x / 2 (grids.unnormalize), and its
+# nearest taps then fell outside where the kernels' (and PyTorch's) fell inside.
+@example(
+  case=dict(
+    kernel="nearest",
+    d=3,
+    spatial=(1, 1, 1),
+    out=(1, 1, 2),
+    batch=2,
+    channels=3,
+    dtype=np.float32,
+    padding_mode="zeros",
+    align_corners=False,
+    layout="transposed in jit",
+    special_coords=0.4601536820982497,
+    special_pixels=0.0,
+    seed=24853093,
+  )
+)
 def test_compiled_passes_equal_the_reference(case):
   U, grid, R, dgrid = _draw_arrays(case)
   pm, ac = case["padding_mode"], case["align_corners"]

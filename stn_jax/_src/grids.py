@@ -66,11 +66,20 @@ def unnormalize(coord: jax.Array, size: int, align_corners: bool) -> jax.Array:
     for infinite coordinates apply: ``"zeros"`` reads 0, ``"border"`` the pixel (the limit
     of every finite coordinate), ``"reflection"`` 0. The compiled kernels'
     ``PixelCoordinate`` does the same.
+
+    Without ``align_corners`` it is ``((coord + 1) * size - 1) / 2`` rounded step by step in
+    the coordinate's dtype, as PyTorch and the compiled kernels compute it. For a one-pixel
+    axis that is ``((coord + 1) - 1) / 2``, which XLA would simplify to ``coord / 2`` under
+    ``jit``: near the pixel's edge (``coord`` = 1.0000001 in float32) nearest sampling then
+    rounded to the next pixel, outside, and read 0 where PyTorch reads the pixel. An
+    optimisation barrier keeps the rounding of ``coord + 1``.
   """
   if align_corners and size == 1:
     return jnp.where(jnp.isfinite(coord), jnp.zeros_like(coord), coord)
   if align_corners:
     return (coord + 1) * ((size - 1) / 2)
+  if size == 1:
+    return (jax.lax.optimization_barrier(coord + 1) - 1) / 2
   return ((coord + 1) * size - 1) / 2
 
 
