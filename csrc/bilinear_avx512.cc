@@ -1,10 +1,11 @@
-// The float32 bilinear forward of one- and three-channel images for CPUs with AVX-512:
-// sixteen points per step, the taps read by masked gathers, so a tap outside the image is
-// never loaded and needs no clipped offset. Batches of small images (MNIST-sized, one
-// channel) and RGB images are bound by this per-point work, and PyTorch runs its 16-lane
-// build on these CPUs. Every other pass, and the cases this one leaves (reflection
-// padding, align_corners with a one-pixel axis, float64, other channel counts, volumes),
-// are the AVX2 build's (bilinear_passes.inc).
+// The float32 bilinear forward, and the backward that gives both cotangents in one sweep,
+// of one- and three-channel images for CPUs with AVX-512: sixteen points per step, the
+// taps read by masked gathers, so a tap outside the image is never loaded and needs no
+// clipped offset. Batches of small images (MNIST-sized, one channel) and RGB images are
+// bound by this per-point work, and PyTorch runs its 16-lane build on these CPUs. Every
+// other pass, and the cases these leave (reflection padding, align_corners with a
+// one-pixel axis, float64, other channel counts, volumes), are the AVX2 build's
+// (bilinear_passes.inc).
 //
 // Every operation is the scalar loop's, in the same order, without FMA: the same
 // coordinates, floors, weights, masks and sums, so the results are bitwise the baseline
@@ -20,43 +21,54 @@ namespace {
 
 #include "geometry.inc"
 
-// gather._clamp on sixteen lanes (Clamp: the bound at and beyond it).
-inline __m512 Clamp16(__m512 pos, float low, float high) {
+// gather._clamp on sixteen lanes (Clamp: the bound at and beyond it). Adds the lanes
+// where it holds (a zero derivative there) to `held`.
+inline __m512 Clamp16(__m512 pos, float low, float high, __mmask16& held) {
   const __mmask16 below = _mm512_cmp_ps_mask(pos, _mm512_set1_ps(low), _CMP_LE_OQ);
   const __mmask16 above = _mm512_cmp_ps_mask(pos, _mm512_set1_ps(high), _CMP_GE_OQ);
+  held |= below | above;
   pos = _mm512_mask_blend_ps(above, pos, _mm512_set1_ps(high));
   return _mm512_mask_blend_ps(below, pos, _mm512_set1_ps(low));
 }
 
 // One axis of sixteen points: PixelCoordinate without reflection, then the lower tap's
-// index `i`, the weights of the lower and upper tap, and which of the two lie inside.
+// index `i`, the weights of the lower and upper tap, which of the two lie inside, and the
+// derivative of the pixel coordinate: `slope` (PixelCoordinate's, never 0 in the cases
+// this build covers) in the lanes of `moving`, 0 where a clamp holds.
 struct Axis16 {
   __m512i i;
   __m512 w0, w1;
   __mmask16 inside0, inside1;
+  float slope;
+  __mmask16 moving;
 };
 
 template <int Padding, bool Align>
 inline Axis16 AxisTaps16(__m512 g, int64_t size, bool pixels, float limit) {
   const __m512 one = _mm512_set1_ps(1.0f);
+  Axis16 a;
   __m512 pos;
   if (pixels) {
     pos = g;
+    a.slope = 1.0f;
   } else if (Align) {  // size >= 2 here (Applies)
     const float scale = static_cast<float>(static_cast<double>(size - 1) / 2);
     pos = _mm512_mul_ps(_mm512_add_ps(g, one), _mm512_set1_ps(scale));
+    a.slope = scale;
   } else {
     const __m512 s = _mm512_set1_ps(static_cast<float>(size));
     pos = _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(g, one), s), one),
                         _mm512_set1_ps(0.5f));
+    a.slope = static_cast<float>(size) / 2;
   }
-  pos = Clamp16(pos, -limit, limit);
-  if (Padding == kBorder) pos = Clamp16(pos, 0.0f, static_cast<float>(size - 1));
+  __mmask16 held = 0;
+  pos = Clamp16(pos, -limit, limit, held);
+  if (Padding == kBorder) pos = Clamp16(pos, 0.0f, static_cast<float>(size - 1), held);
+  a.moving = static_cast<__mmask16>(~held);
   // FloorSmall: truncate, then one less where truncation went up.
   const __m512 truncated = _mm512_cvtepi32_ps(_mm512_cvttps_epi32(pos));
   const __mmask16 up = _mm512_cmp_ps_mask(truncated, pos, _CMP_GT_OQ);
   const __m512 f = _mm512_mask_sub_ps(truncated, up, truncated, one);
-  Axis16 a;
   a.w0 = _mm512_sub_ps(_mm512_add_ps(f, one), pos);
   a.w1 = _mm512_sub_ps(pos, f);
   a.i = _mm512_cvttps_epi32(f);
@@ -103,59 +115,195 @@ inline void Interleave3(const __m512* v, __m512* out) {
   }
 }
 
+// Deinterleave3's permutations, Interleave3's inverse: lane l of channel k's vector is
+// float m = 3 l + k of the 48, taken from the first two vectors (`first`, m < 32), then
+// from the third (`second`, m >= 32).
+constexpr Interleave3Indices MakeDeinterleave3Indices() {
+  Interleave3Indices t{};
+  for (int k = 0; k < 3; ++k) {
+    for (int l = 0; l < 16; ++l) {
+      const int m = 3 * l + k;
+      t.first[k][l] = m < 32 ? m : 0;
+      t.second[k][l] = m < 32 ? l : 16 + (m - 32);
+    }
+  }
+  return t;
+}
+
+constexpr Interleave3Indices kDeinterleave3 = MakeDeinterleave3Indices();
+
+// The 48 floats of sixteen three-channel pixels, in three vectors -> each channel's
+// values of the sixteen points.
+inline void Deinterleave3(const __m512* in, __m512* v) {
+  for (int k = 0; k < 3; ++k) {
+    const __m512 t =
+        _mm512_permutex2var_ps(in[0], _mm512_load_si512(kDeinterleave3.first[k]), in[1]);
+    v[k] = _mm512_permutex2var_ps(t, _mm512_load_si512(kDeinterleave3.second[k]), in[2]);
+  }
+}
+
+// Sixteen consecutive points of a run, from their grid coordinates: each axis's taps,
+// the offsets of the (y0, x0) and (y1, x0) taps (not clipped) and which of the four taps
+// (y0, x0), (y0, x1), (y1, x0), (y1, x1) are read. Lanes at and past `rest` are masked
+// off (the last step's missing points). `row` and `next`: the y and x strides.
+struct Points16 {
+  __mmask16 points, readable;
+  Axis16 x, y;
+  __m512i top, bottom;
+  __mmask16 keep[4];
+};
+
+template <int Padding, bool Align>
+inline Points16 LoadPoints16(const float* grid, int64_t rest, const Geometry<2>& geo,
+                             float limit, __m512i row, __m512i next, bool one_channel) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                         28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  Points16 p;
+  p.points = FirstLanes(rest);
+  const __m512 a = _mm512_maskz_loadu_ps(FirstLanes(2 * rest), grid);
+  const __m512 b = _mm512_maskz_loadu_ps(FirstLanes(2 * rest - 16), grid + 16);
+  __m512 gx = _mm512_permutex2var_ps(a, even, b);
+  __m512 gy = _mm512_permutex2var_ps(a, odd, b);
+  // A NaN coordinate makes the point unreadable: it reads 0, from the coordinate 0.
+  p.readable = _mm512_cmp_ps_mask(gx, gy, _CMP_ORD_Q) & p.points;
+  gx = _mm512_maskz_mov_ps(p.readable, gx);
+  gy = _mm512_maskz_mov_ps(p.readable, gy);
+  p.x = AxisTaps16<Padding, Align>(gx, geo.size[0], geo.pixels, limit);
+  p.y = AxisTaps16<Padding, Align>(gy, geo.size[1], geo.pixels, limit);
+  const __m512i column = one_channel ? p.x.i : _mm512_mullo_epi32(p.x.i, next);
+  p.top = _mm512_add_epi32(_mm512_mullo_epi32(p.y.i, row), column);
+  p.bottom = _mm512_add_epi32(p.top, row);
+  p.keep[0] = p.readable & p.y.inside0 & p.x.inside0;
+  p.keep[1] = p.readable & p.y.inside0 & p.x.inside1;
+  p.keep[2] = p.readable & p.y.inside1 & p.x.inside0;
+  p.keep[3] = p.readable & p.y.inside1 & p.x.inside1;
+  return p;
+}
+
+// The four taps of sixteen points in channel k (0 where not read).
+inline void GatherTaps16(const float* image, const Points16& p, __m512i next, int k,
+                         __m512* v) {
+  const float* base = image + k;
+  const __m512 zero = _mm512_setzero_ps();
+  v[0] = _mm512_mask_i32gather_ps(zero, p.keep[0], p.top, base, 4);
+  v[1] = _mm512_mask_i32gather_ps(zero, p.keep[1], _mm512_add_epi32(p.top, next), base, 4);
+  v[2] = _mm512_mask_i32gather_ps(zero, p.keep[2], p.bottom, base, 4);
+  v[3] = _mm512_mask_i32gather_ps(zero, p.keep[3], _mm512_add_epi32(p.bottom, next), base, 4);
+}
+
 // V of points [0, count) of one example's image of K channels (1 or 3).
 template <int Padding, bool Align, int K>
 void FwdRun(const float* image, const float* grid, int64_t count, const Geometry<2>& geo,
             float limit, float* out) {
   static_assert(K == 1 || K == 3);
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
-                                         28, 30);
-  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   const __m512i row = _mm512_set1_epi32(geo.stride[1]);
   const __m512i next = _mm512_set1_epi32(geo.stride[0]);  // K
-  const __m512 zero = _mm512_setzero_ps();
   for (int64_t j = 0; j < count; j += 16) {
-    // The last step's missing points: masked off in the loads, the gathers and the store.
     const int64_t rest = std::min<int64_t>(16, count - j);
-    const __mmask16 points = FirstLanes(rest);
-    const __m512 a = _mm512_maskz_loadu_ps(FirstLanes(2 * rest), grid + 2 * j);
-    const __m512 b = _mm512_maskz_loadu_ps(FirstLanes(2 * rest - 16), grid + 2 * j + 16);
-    __m512 gx = _mm512_permutex2var_ps(a, even, b);
-    __m512 gy = _mm512_permutex2var_ps(a, odd, b);
-    // A NaN coordinate makes the point unreadable: it reads 0, from the coordinate 0.
-    const __mmask16 readable = _mm512_cmp_ps_mask(gx, gy, _CMP_ORD_Q) & points;
-    gx = _mm512_maskz_mov_ps(readable, gx);
-    gy = _mm512_maskz_mov_ps(readable, gy);
-    const Axis16 x = AxisTaps16<Padding, Align>(gx, geo.size[0], geo.pixels, limit);
-    const Axis16 y = AxisTaps16<Padding, Align>(gy, geo.size[1], geo.pixels, limit);
-    const __m512i column = K == 1 ? x.i : _mm512_mullo_epi32(x.i, next);
-    const __m512i top = _mm512_add_epi32(_mm512_mullo_epi32(y.i, row), column);
-    const __m512i bottom = _mm512_add_epi32(top, row);
-    const __mmask16 keep00 = readable & y.inside0 & x.inside0;
-    const __mmask16 keep01 = readable & y.inside0 & x.inside1;
-    const __mmask16 keep10 = readable & y.inside1 & x.inside0;
-    const __mmask16 keep11 = readable & y.inside1 & x.inside1;
+    const Points16 p = LoadPoints16<Padding, Align>(grid + 2 * j, rest, geo, limit, row, next,
+                                                    K == 1);
     __m512 v[K];
     for (int k = 0; k < K; ++k) {
-      const float* base = image + k;
-      const __m512 v00 = _mm512_mask_i32gather_ps(zero, keep00, top, base, 4);
-      const __m512 v01 =
-          _mm512_mask_i32gather_ps(zero, keep01, _mm512_add_epi32(top, next), base, 4);
-      const __m512 v10 = _mm512_mask_i32gather_ps(zero, keep10, bottom, base, 4);
-      const __m512 v11 =
-          _mm512_mask_i32gather_ps(zero, keep11, _mm512_add_epi32(bottom, next), base, 4);
+      __m512 t[4];
+      GatherTaps16(image, p, next, k, t);
       // Interpolate: along x, then y.
-      const __m512 h0 = _mm512_add_ps(_mm512_mul_ps(v00, x.w0), _mm512_mul_ps(v01, x.w1));
-      const __m512 h1 = _mm512_add_ps(_mm512_mul_ps(v10, x.w0), _mm512_mul_ps(v11, x.w1));
-      v[k] = _mm512_add_ps(_mm512_mul_ps(h0, y.w0), _mm512_mul_ps(h1, y.w1));
+      const __m512 h0 = _mm512_add_ps(_mm512_mul_ps(t[0], p.x.w0), _mm512_mul_ps(t[1], p.x.w1));
+      const __m512 h1 = _mm512_add_ps(_mm512_mul_ps(t[2], p.x.w0), _mm512_mul_ps(t[3], p.x.w1));
+      v[k] = _mm512_add_ps(_mm512_mul_ps(h0, p.y.w0), _mm512_mul_ps(h1, p.y.w1));
     }
     if constexpr (K == 1) {
-      _mm512_mask_storeu_ps(out + j, points, v[0]);
+      _mm512_mask_storeu_ps(out + j, p.points, v[0]);
     } else {
       __m512 pixels[3];
       Interleave3(v, pixels);
       for (int q = 0; q < 3; ++q) {
         _mm512_mask_storeu_ps(out + 3 * j + 16 * q, FirstLanes(3 * rest - 16 * q), pixels[q]);
+      }
+    }
+  }
+}
+
+// Both cotangents of Fwd for K channels (1 or 3), points [0, count) of one example, into
+// its dU image `du` (zeroed) and dgrid: GridVjpBlock's and UVjpBlock's operations on
+// sixteen points in registers, with no TapBlock between the grid and the taps. dgrid per
+// lane is the channels' ct * AxisSlope summed in channel order from 0, times the slope
+// where it is not 0; the scatter adds each point's contributions (0 for a tap not read,
+// at its clipped offset: adding 0 leaves any dU value as it is, since a sum that starts
+// at +0 is never -0) in point order, tap by tap, channel by channel, as UVjpBlock does,
+// so dU has its bits.
+template <int Padding, bool Align, int K>
+void UGridVjpRun(const float* image, const float* grid, const float* ct, int64_t count,
+                 const Geometry<2>& geo, float limit, float* du, float* dgrid) {
+  static_assert(K == 1 || K == 3);
+  const __m512i row = _mm512_set1_epi32(geo.stride[1]);
+  const __m512i next = _mm512_set1_epi32(geo.stride[0]);  // K
+  const __m512i zero_i = _mm512_setzero_si512();
+  const __m512i last_x = _mm512_set1_epi32(static_cast<int32_t>(geo.size[0] - 1));
+  const __m512i last_y = _mm512_set1_epi32(static_cast<int32_t>(geo.size[1] - 1));
+  const __m512i one_i = _mm512_set1_epi32(1);
+  const __m512 zero = _mm512_setzero_ps();
+  // (x, y) pairs of sixteen points: lanes 0-7 of both vectors, then lanes 8-15.
+  const __m512i pairs_low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6,
+                                              22, 7, 23);
+  const __m512i pairs_high = _mm512_add_epi32(pairs_low, _mm512_set1_epi32(8));
+  alignas(64) int32_t at[4][16];
+  alignas(64) float add[4][K][16];
+  for (int64_t j = 0; j < count; j += 16) {
+    const int64_t rest = std::min<int64_t>(16, count - j);
+    const Points16 p = LoadPoints16<Padding, Align>(grid + 2 * j, rest, geo, limit, row, next,
+                                                    K == 1);
+    __m512 g[K];
+    if constexpr (K == 1) {
+      g[0] = _mm512_maskz_loadu_ps(p.points, ct + j);
+    } else {
+      __m512 pixels[3];
+      for (int q = 0; q < 3; ++q) {
+        pixels[q] = _mm512_maskz_loadu_ps(FirstLanes(3 * rest - 16 * q), ct + 3 * j + 16 * q);
+      }
+      Deinterleave3(pixels, g);
+    }
+    __m512 sx = zero, sy = zero;
+    for (int k = 0; k < K; ++k) {
+      __m512 v[4];
+      GatherTaps16(image, p, next, k, v);
+      // AxisSlope along x (differences along x, then the y weights) and along y.
+      const __m512 ax = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v[1], v[0]), p.y.w0),
+                                      _mm512_mul_ps(_mm512_sub_ps(v[3], v[2]), p.y.w1));
+      const __m512 ay = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v[2], v[0]), p.x.w0),
+                                      _mm512_mul_ps(_mm512_sub_ps(v[3], v[1]), p.x.w1));
+      sx = _mm512_add_ps(sx, _mm512_mul_ps(g[k], ax));
+      sy = _mm512_add_ps(sy, _mm512_mul_ps(g[k], ay));
+    }
+    const __m512 dx = _mm512_maskz_mul_ps(p.readable & p.x.moving, sx, _mm512_set1_ps(p.x.slope));
+    const __m512 dy = _mm512_maskz_mul_ps(p.readable & p.y.moving, sy, _mm512_set1_ps(p.y.slope));
+    _mm512_mask_storeu_ps(dgrid + 2 * j, FirstLanes(2 * rest),
+                          _mm512_permutex2var_ps(dx, pairs_low, dy));
+    _mm512_mask_storeu_ps(dgrid + 2 * j + 16, FirstLanes(2 * rest - 16),
+                          _mm512_permutex2var_ps(dx, pairs_high, dy));
+    // The scatter: TapWeight (the y weight times the x weight) times ct, 0 where not read.
+    const __m512i x0 = _mm512_min_epi32(_mm512_max_epi32(p.x.i, zero_i), last_x);
+    const __m512i x1 =
+        _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(p.x.i, one_i), zero_i), last_x);
+    const __m512i y0 = _mm512_min_epi32(_mm512_max_epi32(p.y.i, zero_i), last_y);
+    const __m512i y1 =
+        _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(p.y.i, one_i), zero_i), last_y);
+    const __m512i top = _mm512_mullo_epi32(y0, row), bottom = _mm512_mullo_epi32(y1, row);
+    const __m512i left = _mm512_mullo_epi32(x0, next), right = _mm512_mullo_epi32(x1, next);
+    const __m512i offsets[4] = {_mm512_add_epi32(top, left), _mm512_add_epi32(top, right),
+                                _mm512_add_epi32(bottom, left), _mm512_add_epi32(bottom, right)};
+    const __m512 weights[4] = {_mm512_mul_ps(p.y.w0, p.x.w0), _mm512_mul_ps(p.y.w0, p.x.w1),
+                               _mm512_mul_ps(p.y.w1, p.x.w0), _mm512_mul_ps(p.y.w1, p.x.w1)};
+    for (int t = 0; t < 4; ++t) {
+      _mm512_store_si512(at[t], offsets[t]);
+      for (int k = 0; k < K; ++k) {
+        _mm512_store_ps(add[t][k], _mm512_maskz_mul_ps(p.keep[t], weights[t], g[k]));
+      }
+    }
+    for (int64_t l = 0; l < rest; ++l) {
+      for (int t = 0; t < 4; ++t) {
+        float* pixel = du + at[t][l];
+        for (int k = 0; k < K; ++k) pixel[k] += add[t][k][l];
       }
     }
   }
@@ -190,6 +338,23 @@ void FwdPoints(const Pass& pass, const float* u, const float* grid, float* out) 
   });
 }
 
+// Calls body(padding, align) with both as compile-time constants (zeros or border).
+template <typename F>
+void WithModes(const Pass& pass, const F& body) {
+  auto with_align = [&](auto padding) {
+    if (pass.align_corners) {
+      body(padding, std::true_type{});
+    } else {
+      body(padding, std::false_type{});
+    }
+  };
+  if (pass.padding == kZeros) {
+    with_align(std::integral_constant<int, kZeros>{});
+  } else {
+    with_align(std::integral_constant<int, kBorder>{});
+  }
+}
+
 void Fwd(const Pass& pass, const void* u, const void* grid, void* out) {
   if (!Applies(pass)) {
     avx2::kBilinear.fwd(pass, u, grid, out);
@@ -198,25 +363,55 @@ void Fwd(const Pass& pass, const void* u, const void* grid, void* out) {
   const auto* uf = static_cast<const float*>(u);
   const auto* gf = static_cast<const float*>(grid);
   auto* of = static_cast<float*>(out);
-  auto run = [&](auto padding, auto align) {
+  WithModes(pass, [&](auto padding, auto align) {
     if (pass.image.last == 1) {
       FwdPoints<padding, align, 1>(pass, uf, gf, of);
     } else {
       FwdPoints<padding, align, 3>(pass, uf, gf, of);
     }
-  };
-  auto with_align = [&](auto padding) {
-    if (pass.align_corners) {
-      run(padding, std::true_type{});
-    } else {
-      run(padding, std::false_type{});
+  });
+}
+
+// Both cotangents: one example per unit, as UGridVjpImpl splits them (each thread
+// scatters into its own examples' images only).
+template <int Padding, bool Align, int K>
+void UGridVjpExamples(const Pass& pass, const float* u, const float* grid, const float* ct,
+                      float* du, float* dgrid) {
+  const Geometry<2> geo = ImageGeometry<2>(pass.image);
+  const Rows rows = GridRows(pass.grid);
+  const int64_t points = rows.per_example * rows.length;  // per example
+  const float limit = static_cast<float>(pass.coord_limit);
+  constexpr int64_t kCostPerPoint = 16 + 14 * K;  // UGridVjpImpl's estimate
+  ParallelFor(*pass.pool, pass.grid.batch, points * kCostPerPoint, [&](int64_t begin,
+                                                                         int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      float* image_du = du + n * geo.elements;
+      std::fill(image_du, image_du + geo.elements, 0.0f);
+      UGridVjpRun<Padding, Align, K>(u + n * geo.elements, grid + 2 * n * points,
+                                     ct + K * n * points, points, geo, limit, image_du,
+                                     dgrid + 2 * n * points);
     }
-  };
-  if (pass.padding == kZeros) {
-    with_align(std::integral_constant<int, kZeros>{});
-  } else {
-    with_align(std::integral_constant<int, kBorder>{});
+  });
+}
+
+void UGridVjp(const Pass& pass, const void* u, const void* grid, const void* ct, void* du,
+              void* dgrid) {
+  if (!Applies(pass)) {
+    avx2::kBilinear.u_grid_vjp(pass, u, grid, ct, du, dgrid);
+    return;
   }
+  const auto* uf = static_cast<const float*>(u);
+  const auto* gf = static_cast<const float*>(grid);
+  const auto* cf = static_cast<const float*>(ct);
+  auto* duf = static_cast<float*>(du);
+  auto* dgf = static_cast<float*>(dgrid);
+  WithModes(pass, [&](auto padding, auto align) {
+    if (pass.image.last == 1) {
+      UGridVjpExamples<padding, align, 1>(pass, uf, gf, cf, duf, dgf);
+    } else {
+      UGridVjpExamples<padding, align, 3>(pass, uf, gf, cf, duf, dgf);
+    }
+  });
 }
 
 // The other passes: the AVX2 build's, looked up at the call (no cross-unit initialisation).
@@ -230,11 +425,6 @@ void GridVjp(const Pass& pass, const void* u, const void* grid, const void* ct, 
 
 void UVjp(const Pass& pass, const void* ct, const void* grid, void* du) {
   avx2::kBilinear.u_vjp(pass, ct, grid, du);
-}
-
-void UGridVjp(const Pass& pass, const void* u, const void* grid, const void* ct, void* du,
-              void* dgrid) {
-  avx2::kBilinear.u_grid_vjp(pass, u, grid, ct, du, dgrid);
 }
 
 }  // namespace

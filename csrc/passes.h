@@ -1,7 +1,7 @@
 // The passes as tables of entry points, one table per kernel and per build. Each kernel's
 // passes are compiled in their own units, for the baseline ISA (`baseline`, every CPU) and
 // for AVX2 (`avx2`, x86 only); the FFI handlers (ffi_handlers.cc) pick the AVX2 table where
-// the CPU has AVX2, and the AVX-512 bilinear table (one pass of its own) where it has that.
+// the CPU has AVX2, and the AVX-512 bilinear table (two passes of its own) where it has that.
 // Separate units compile in parallel (setup.py), which is most of the install time.
 //
 //   fwd       V[p, c]  = sum_t w_t(p) U[tap_t(p), c]
@@ -55,8 +55,9 @@ extern const SeparablePasses kCubic;    // separable_avx2.cc
 extern const SeparablePasses kNearest;
 }  // namespace avx2
 
-// AVX-512: the float32 2-D bilinear forward of one- and three-channel images; its other
-// passes and cases are the AVX2 build's (bilinear_avx512.cc).
+// AVX-512: the float32 2-D bilinear forward and fused backward (u_grid_vjp) of one- and
+// three-channel images; its other passes and cases are the AVX2 build's
+// (bilinear_avx512.cc).
 namespace avx512 {
 extern const BilinearPasses kBilinear;
 }  // namespace avx512

@@ -2,8 +2,8 @@
 
 The passes are compiled twice (csrc/passes.h): for the baseline ISA, which every CPU runs
 (ARM, x86 without AVX2), and for AVX2, which x86 machines pick; CPUs with AVX-512 also run
-a 16-lane pass for the float32 bilinear forward of one- and three-channel images
-(csrc/bilinear_avx512.cc). The
+16-lane passes for the float32 bilinear forward and fused backward of one- and
+three-channel images (csrc/bilinear_avx512.cc). The
 vector paths repeat the scalar loops' operations in the same order (no FMA), so the builds
 must agree bit for bit. ``STN_JAX_NATIVE_ISA=baseline`` / ``avx2`` caps a process at that
 build; this test runs the same calls in a process of each build and compares the bytes of
@@ -132,7 +132,7 @@ def _differences(a: dict, b: dict) -> list[str]:
 
 
 def test_every_build_gives_the_same_bits(tmp_path):
-  """Baseline == AVX2 (every pass), and AVX2 == AVX-512 (its one/three-channel forward)."""
+  """Baseline == AVX2 (every pass), and AVX2 == AVX-512 (its one/three-channel passes)."""
   from stn_jax._src import native
 
   if not native.available():

@@ -37,10 +37,10 @@ gather-based sampler everywhere. :func:`native_status` (public as
 ``stn_jax.native_status``) says which path runs and why. ``STN_JAX_NATIVE_LIBRARY=/path/to/lib.so``
 loads another build of ``csrc/`` instead of the installed one (``scripts/sanitize.sh``).
 The passes are built twice, for the baseline ISA and for AVX2, and the AVX2 build runs
-where the CPU has it; on CPUs with AVX-512 the float32 bilinear forward of one- and
-three-channel images has a 16-lane pass of its own. ``STN_JAX_NATIVE_ISA`` (read once, at
+where the CPU has it; on CPUs with AVX-512 the float32 bilinear forward and backward (both
+cotangents in one pass) of one- and three-channel images have 16-lane passes of their own. ``STN_JAX_NATIVE_ISA`` (read once, at
 the first load) caps the choice: ``baseline`` runs the baseline build, ``avx2`` the AVX2
-build without the AVX-512 pass, which is how the tests check the builds other CPUs get (bit
+build without the AVX-512 passes, which is how the tests check the builds other CPUs get (bit
 for bit the same).
 
 Bicubic (tricubic on volumes: Keys' cubic, ``a = -0.75``, per-tap padding) and nearest run
@@ -134,7 +134,8 @@ def _load_result() -> tuple[bool, str]:
   if isa == "avx512":
     return True, (
       f"the compiled kernels {path} are loaded, with the AVX2 build of their passes and "
-      "the AVX-512 pass of the float32 bilinear forward of one- and three-channel images"
+      "the AVX-512 passes of the float32 bilinear forward and backward of one- and "
+      "three-channel images"
     )
   if isa == "avx2":
     return True, f"the compiled kernels {path} are loaded, with the AVX2 build of their passes"
