@@ -224,18 +224,17 @@ ONE_PIXEL_INF = dict(
 # nearest taps then fell outside where the kernels' (and PyTorch's) fell inside.
 @example(
   case=dict(
+    ONE_PIXEL_INF,
     kernel="nearest",
     d=3,
     spatial=(1, 1, 1),
     out=(1, 1, 2),
     batch=2,
     channels=3,
-    dtype=np.float32,
     padding_mode="zeros",
     align_corners=False,
     layout="transposed in jit",
     special_coords=0.4601536820982497,
-    special_pixels=0.0,
     seed=24853093,
   )
 )
