@@ -80,9 +80,9 @@ ffi::Error CheckPadding(int32_t padding) {
 // ---------------------------------------------------------------------------------------
 // The passes of this CPU: the widest build it runs (AVX-512 for the bilinear forward and
 // fused backward of one- and three-channel images, AVX2 for the rest, else the baseline
-// builds). STN_JAX_NATIVE_ISA
-// (read once) caps the choice: `baseline` runs the baseline builds, `avx2` the AVX2 ones,
-// on a CPU that has more; the tests run them that way, since other CPUs get them.
+// builds). STN_JAX_NATIVE_ISA (read once) caps the choice: `baseline` runs the baseline
+// builds, `avx2` the AVX2 ones, on a CPU that has more; the tests run them that way, since
+// other CPUs get them.
 
 enum class Isa { kBaseline, kAvx2, kAvx512 };
 
