@@ -15,7 +15,10 @@ timed process imports one library only; the rounds alternate the libraries' proc
 its median; the table gives the median over rounds of those medians.
 
 Passes: the forward, and forward+backward w.r.t. ``U`` and ``grid`` of ``sum(V ** 2)`` (a
-loss whose backward needs the forward).
+loss whose backward needs the forward), written ``V ** 2`` in both libraries. (Tables before
+December 2026 used ``V * V``. JAX turns that cotangent into ``V + V``, which XLA:CPU 0.10
+compiles as a lone ``add`` fusion on the 4-D array, 4-5x slower than its ``2 * V`` fusion:
+0.6 ms of MNIST's 3.6 ms; see benchmarks/README.md.)
 
 Each process also counts its minor page faults per timed call. By default glibc's malloc
 returns large freed buffers to the OS, so a call that allocates tens of MB (the
@@ -37,12 +40,14 @@ import time
 
 from machine import cpu_model  # benchmarks/machine.py
 
-# (N, H, W, C) of each workload: bench_sampler.py's 2-D bilinear and nearest rows.
+# (N, H, W, C), kernel and output (Ho, Wo) of each workload: bench_sampler.py's 2-D rows.
 WORKLOADS = {
-  "mnist": ((256, 28, 28, 1), "bilinear"),
-  "feature": ((32, 64, 64, 32), "bilinear"),
-  "images": ((16, 224, 224, 3), "bilinear"),
-  "nearest": ((32, 64, 64, 32), "nearest"),
+  "mnist": ((256, 28, 28, 1), "bilinear", (28, 28)),
+  "feature": ((32, 64, 64, 32), "bilinear", (64, 64)),
+  "images": ((16, 224, 224, 3), "bilinear", (224, 224)),
+  "down": ((16, 224, 224, 3), "bilinear", (112, 112)),
+  "bicubic": ((32, 64, 64, 32), "bicubic", (64, 64)),
+  "nearest": ((32, 64, 64, 32), "nearest", (64, 64)),
 }
 PASSES = ("fwd", "fwd+bwd V^2")
 IMPLS = ("stn_jax", "torch")
@@ -56,10 +61,11 @@ KEEP_FREED_MEMORY_ENV = {
 }
 
 
-def _inputs(shape, seed=0):
+def _inputs(shape, out_hw, seed=0):
   import numpy as np
 
-  n, h, w, _ = shape
+  n = shape[0]
+  h, w = out_hw
   rng = np.random.default_rng(seed)
   U = rng.standard_normal(shape, dtype=np.float32)
   theta = np.tile(np.eye(2, 3, dtype=np.float32), (n, 1, 1))
@@ -74,8 +80,8 @@ def _inputs(shape, seed=0):
 
 def _child_runner(impl, workload, pass_name):
   """A no-argument function running one call, in this process (one library imported)."""
-  shape, kernel = WORKLOADS[workload]
-  U, grid = _inputs(shape)
+  shape, kernel, out_hw = WORKLOADS[workload]
+  U, grid = _inputs(shape, out_hw)
   square = pass_name != "fwd"
   if impl == "stn_jax":
     import jax
@@ -88,7 +94,7 @@ def _child_runner(impl, workload, pass_name):
 
     def loss(u, g):
       v = fwd(u, g)
-      return jnp.sum(v * v)
+      return jnp.sum(v**2)
 
     fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if square else fwd)
     args = (jnp.asarray(U), jnp.asarray(grid))
@@ -113,7 +119,7 @@ def _child_runner(impl, workload, pass_name):
 
   def run():
     V = F.grid_sample(Ut, gt, **kw)
-    return torch.autograd.grad((V * V).sum(), (Ut, gt))
+    return torch.autograd.grad((V**2).sum(), (Ut, gt))
 
   return run
 
@@ -167,6 +173,7 @@ def main(args) -> None:
           "workload": workload,
           "shape": WORKLOADS[workload][0],
           "kernel": WORKLOADS[workload][1],
+          "output": WORKLOADS[workload][2],
           "pass": pass_name,
           "stn_jax_ms": ms["stn_jax"],
           "torch_ms": ms["torch"],
@@ -224,6 +231,8 @@ def main(args) -> None:
   ]
   for r in rows:
     shape = "x".join(map(str, r["shape"]))
+    if tuple(r["output"]) != tuple(r["shape"][1:3]):
+      shape += "->" + "x".join(map(str, r["output"]))
     lines.append(
       f"| {r['workload']} {shape} | {r['pass']} | {r['stn_jax_ms']:.3f} | {r['torch_ms']:.3f} "
       f"| {r['ratio']:.2f} | {r['stn_jax_faults_per_call']:.0f} "

@@ -213,7 +213,7 @@ def with_grad(fwd, square: bool = False):
 
   def loss(U, grid, R):
     V = fwd(U, grid)
-    return jnp.sum(V * V) if square else jnp.sum(V * R)
+    return jnp.sum(V**2) if square else jnp.sum(V * R)
 
   return jax.grad(loss, argnums=(0, 1))
 
@@ -284,7 +284,7 @@ def make_torch_runner(wl: Workload, U, grid, R, device: str, grad: bool, square:
 
     def run():
       V = F.grid_sample(Ut, gt, **kw)
-      return torch.autograd.grad((V * V if square else V * Rt).sum(), (Ut, gt))
+      return torch.autograd.grad((V**2 if square else V * Rt).sum(), (Ut, gt))
 
   return run
 
