@@ -10,9 +10,11 @@ does not.
 Tolerances come from the arithmetic, not from this machine: a sample is a sum of 8 products
 of a tap value and three weights, and each weight carries an absolute rounding error of
 about ``eps * (size + 1)`` (the pixel coordinate is ``~size`` before the floor is
-subtracted). So the error of a value is at most ``gamma * sum_t |w_t v_t|`` with
-``gamma = eps * (2 * sum(size + 1) + 4 * 8)``; the derivatives get the same ``gamma`` times
-a bound on the sum of the absolute values of their terms (computed per test below). In
+subtracted), and the sum rounds too. So the error of a value is at most
+``gamma * (sum_t |w_t v_t| + sum_t |v_t|)`` with ``gamma = eps * (2 * sum(size + 1) + 4 * 8)``
+(the unweighted sum because a weight near 0 keeps its coordinate's absolute error); the
+derivatives get the same ``gamma`` times a bound on the sum of the absolute values of their
+terms (computed per test below). In
 float64 that is ~1e-14 relative; in float32 a few hundred ulps at most, far below any
 wrong tap, weight or padding (errors of order 0.01-1).
 """
@@ -25,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ABS_KERNELS, ONES, TAPS, WEIGHT_ERROR
+from helpers import ABS_KERNELS, ONES, SUPPORT_ONES, TAPS, WEIGHT_ERROR
 
 import stn_jax
 from stn_jax._src import gather, kernels, native
@@ -189,11 +191,24 @@ def _check_first_order(U, grid, padding_mode, align_corners, rng, kernel="biline
   def scatter(ref, r):
     return jax.vjp(lambda u: ref(u, grid), U)[1](r)[0]
 
+  # A weight's rounding error is absolute (~eps * size from its coordinate): gamma times
+  # the taps' unweighted sum covers a weight near 0 too (SUPPORT_ONES, in helpers.py).
+  if SUPPORT_ONES[kernel] is None:  # nearest: exact weights
+
+    def support(u, g):
+      return jnp.zeros(g.shape[:-1] + u.shape[-1:], u.dtype)
+
+  else:
+    support = _reference_fn(padding_mode, align_corners, SUPPORT_ONES[kernel])
   bounds = [
-    gamma * ref_abs(jnp.abs(U), grid) + delta * ones(jnp.abs(U), grid),
-    gamma_du * scatter(ref_abs, jnp.abs(R)) + delta * scatter(ones, jnp.abs(R)),
+    gamma * (ref_abs(jnp.abs(U), grid) + support(jnp.abs(U), grid))
+    + delta * ones(jnp.abs(U), grid),
+    gamma_du * scatter(ref_abs, jnp.abs(R))
+    + gamma * scatter(support, jnp.abs(R))
+    + delta * scatter(ones, jnp.abs(R)),
     (gamma * slope + slope_abs) * max_u * jnp.sum(jnp.abs(R), -1, keepdims=True),
-    gamma * ref_abs(jnp.abs(dU), grid) + delta * ones(jnp.abs(dU), grid),
+    gamma * (ref_abs(jnp.abs(dU), grid) + support(jnp.abs(dU), grid))
+    + delta * ones(jnp.abs(dU), grid),
     (gamma * slope + slope_abs) * max_u * jnp.sum(jnp.abs(dgrid), -1, keepdims=True),
   ]
   names = ["V", "dL/dU", "dL/dgrid", "jvp in U", "jvp in grid"]
