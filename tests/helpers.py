@@ -64,10 +64,10 @@ def _abs_cubic():
   return kernels.Kernel(lambda d: jnp.abs(kernels.resolve("bicubic").fn(d)), 2)
 
 
-def _ones(radius=2):
+def _constant(value):
   from stn_jax._src import kernels
 
-  return kernels.Kernel(lambda d: jnp.ones_like(d), radius)
+  return kernels.Kernel(lambda d: jnp.full_like(d, value), 2)
 
 
 # Error bounds of the compiled kernels against the reference (test_native_fuzz,
@@ -79,10 +79,12 @@ def _ones(radius=2):
 # weights 1 on the cubic's support), d such errors per product weight.
 # Any weight, tent or cubic, also inherits the absolute rounding error of its pixel
 # coordinate (about eps * size): relative to a weight near 0 (a coordinate a hair from a
-# pixel) that is no small error, so the bounds add gamma times the taps' unweighted sum
-# (SUPPORT_ONES: weights 1 on each kernel's support; nearest's weights are exact).
+# pixel) that is no small error, so the bounds add gamma times the unweighted sum of the
+# taps around the point (ROUNDED_TAPS: ONES, whose support also holds a tap at distance
+# exactly 1, which one side may read with a weight of an ulp; 0 for nearest, whose weights
+# are exact).
 TAPS = {"bilinear": 2, "bicubic": 4, "nearest": 1}
 ABS_KERNELS = {"bilinear": "bilinear", "nearest": "nearest", "bicubic": _abs_cubic()}
 WEIGHT_ERROR = 256
-ONES = _ones()
-SUPPORT_ONES = {"bilinear": _ones(1), "bicubic": ONES, "nearest": None}
+ONES = _constant(1.0)
+ROUNDED_TAPS = {"bilinear": ONES, "bicubic": ONES, "nearest": _constant(0.0)}

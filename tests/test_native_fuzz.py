@@ -17,7 +17,8 @@ pixel coordinate's rounding; cubic: its polynomial adds a few ``eps``), and the 
 too, so the error is at most ``gamma * (sum_t |w_t v_t| + sum_t |v_t|)`` with
 ``gamma = eps * (4 * sum(size + K) + 4 * T)``; ``sum_t |w_t v_t|`` is the reference
 sampler run with ``|k|`` for ``k`` on ``|U|``, ``sum_t |v_t|`` the same with weights 1 on
-the support (a weight near 0, a coordinate a hair from a pixel, keeps the absolute error
+the 4 taps per axis around the point (0 for nearest, whose weights are exact; a weight near
+0, a coordinate a hair from a pixel, keeps the absolute error
 of its coordinate: XLA's fused multiply-add in the reference's ``(x + 1) * size - 1`` once
 moved one such weight of 8e-4 by 1e-7). The derivatives get the same ``gamma`` times a
 bound on the sum of the magnitudes of their terms. A cubic weight near the edge of the
@@ -40,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ABS_KERNELS, ONES, SUPPORT_ONES, TAPS, WEIGHT_ERROR
+from helpers import ABS_KERNELS, ONES, ROUNDED_TAPS, TAPS, WEIGHT_ERROR
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
@@ -142,10 +143,10 @@ def _assert_within(actual, expected, bound, what, same_non_finite=True):
   )
 
 
-def _bounds(U, grid, R, dgrid, spatial, reference, kernel, ones=None, support=None):
+def _bounds(U, grid, R, dgrid, spatial, reference, kernel, ones, rounded):
   """Per-element error bounds for (V, dU, dgrid, tangent), from the magnitudes of terms.
-  ``reference(u, g)`` runs the kernel with |weights|, ``ones`` (cubic) with weights 1 on
-  the cubic's support, ``support`` with weights 1 on the kernel's own (None: nearest)."""
+  ``reference(u, g)`` runs the kernel with |weights|, ``ones`` with weights 1 on the cubic's
+  support, ``rounded`` with weights 1 on the taps whose weights round (0 for nearest)."""
   dtype = U.dtype
   eps = float(np.finfo(dtype).eps)
   k = TAPS[kernel]
@@ -172,12 +173,10 @@ def _bounds(U, grid, R, dgrid, spatial, reference, kernel, ones=None, support=No
   tiny = np.finfo(dtype).tiny
   # A weight's error is absolute (its coordinate's rounding, and for the cubic its
   # polynomial's): times the unweighted sum of the taps read, not the weighted one.
-  absolute, absolute_du = 0.0, 0.0
-  if support is not None:
-    absolute = gamma * np.asarray(support(absU, grid), np.float64)
-    absolute_du = gamma * np.asarray(
-      jax.vjp(lambda u: support(u, grid), absU)[1](absR)[0], np.float64
-    )
+  absolute = gamma * np.asarray(rounded(absU, grid), np.float64)
+  absolute_du = gamma * np.asarray(
+    jax.vjp(lambda u: rounded(u, grid), absU)[1](absR)[0], np.float64
+  )
   if kernel == "bicubic":  # absolute weight errors, d of them per product weight (each < 2)
     magnitude = magnitude + delta / gamma * np.asarray(ones(absU, grid), np.float64)
     count = np.asarray(jax.vjp(lambda u: ones(u, grid), absU)[1](absR)[0], np.float64)
@@ -302,7 +301,6 @@ def test_compiled_passes_equal_the_reference(case):
   )
   got = fast(*args)
   want = jax.jit(_derivatives(reference, False))(U, grid, R, dgrid)
-  support = SUPPORT_ONES[kernel] and gathered(SUPPORT_ONES[kernel])
   bounds = _bounds(
     U,
     grid,
@@ -312,7 +310,7 @@ def test_compiled_passes_equal_the_reference(case):
     gathered(ABS_KERNELS[kernel]),
     kernel,
     gathered(ONES),
-    support,
+    gathered(ROUNDED_TAPS[kernel]),
   )
   names = ["V", "dU", "dgrid", "jvp in grid"]
   for a, b, bound, name in zip(got, want, bounds, names, strict=True):

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ABS_KERNELS, ONES, SUPPORT_ONES, TAPS, WEIGHT_ERROR
+from helpers import ABS_KERNELS, ONES, ROUNDED_TAPS, TAPS, WEIGHT_ERROR
 
 import stn_jax
 from stn_jax._src import gather, kernels, native
@@ -192,14 +192,8 @@ def _check_first_order(U, grid, padding_mode, align_corners, rng, kernel="biline
     return jax.vjp(lambda u: ref(u, grid), U)[1](r)[0]
 
   # A weight's rounding error is absolute (~eps * size from its coordinate): gamma times
-  # the taps' unweighted sum covers a weight near 0 too (SUPPORT_ONES, in helpers.py).
-  if SUPPORT_ONES[kernel] is None:  # nearest: exact weights
-
-    def support(u, g):
-      return jnp.zeros(g.shape[:-1] + u.shape[-1:], u.dtype)
-
-  else:
-    support = _reference_fn(padding_mode, align_corners, SUPPORT_ONES[kernel])
+  # the taps' unweighted sum covers a weight near 0 too (ROUNDED_TAPS, in helpers.py).
+  support = _reference_fn(padding_mode, align_corners, ROUNDED_TAPS[kernel])
   bounds = [
     gamma * (ref_abs(jnp.abs(U), grid) + support(jnp.abs(U), grid))
     + delta * ones(jnp.abs(U), grid),
