@@ -21,24 +21,23 @@ namespace {
 
 #include "geometry.inc"
 
-// gather._clamp on sixteen lanes (Clamp: the bound at and beyond it). Adds the lanes
-// where it holds (a zero derivative there) to `held`.
+// gather._clamp on sixteen lanes (Clamp: the bound at and beyond it), as max then min:
+// `pos` is never NaN here, and where it equals a bound either gives the bound. Adds the
+// lanes where it holds (a zero derivative there) to `held`; a forward, which never reads
+// `held`, leaves the compares out.
 inline __m512 Clamp16(__m512 pos, float low, float high, __mmask16& held) {
-  const __mmask16 below = _mm512_cmp_ps_mask(pos, _mm512_set1_ps(low), _CMP_LE_OQ);
-  const __mmask16 above = _mm512_cmp_ps_mask(pos, _mm512_set1_ps(high), _CMP_GE_OQ);
-  held |= below | above;
-  pos = _mm512_mask_blend_ps(above, pos, _mm512_set1_ps(high));
-  return _mm512_mask_blend_ps(below, pos, _mm512_set1_ps(low));
+  const __m512 lo = _mm512_set1_ps(low), hi = _mm512_set1_ps(high);
+  held |= _mm512_cmp_ps_mask(pos, lo, _CMP_LE_OQ) | _mm512_cmp_ps_mask(pos, hi, _CMP_GE_OQ);
+  return _mm512_min_ps(_mm512_max_ps(pos, lo), hi);
 }
 
 // One axis of sixteen points: PixelCoordinate without reflection, then the lower tap's
-// index `i`, the weights of the lower and upper tap, which of the two lie inside, and the
-// derivative of the pixel coordinate: `slope` (PixelCoordinate's, never 0 in the cases
+// index `i`, the weights of the lower and upper tap (Inside16 says which lie inside), and
+// the derivative of the pixel coordinate: `slope` (PixelCoordinate's, never 0 in the cases
 // this build covers) in the lanes of `moving`, 0 where a clamp holds.
 struct Axis16 {
   __m512i i;
   __m512 w0, w1;
-  __mmask16 inside0, inside1;
   float slope;
   __mmask16 moving;
 };
@@ -65,19 +64,19 @@ inline Axis16 AxisTaps16(__m512 g, int64_t size, bool pixels, float limit) {
   pos = Clamp16(pos, -limit, limit, held);
   if (Padding == kBorder) pos = Clamp16(pos, 0.0f, static_cast<float>(size - 1), held);
   a.moving = static_cast<__mmask16>(~held);
-  // FloorSmall: truncate, then one less where truncation went up.
-  const __m512 truncated = _mm512_cvtepi32_ps(_mm512_cvttps_epi32(pos));
-  const __mmask16 up = _mm512_cmp_ps_mask(truncated, pos, _CMP_GT_OQ);
-  const __m512 f = _mm512_mask_sub_ps(truncated, up, truncated, one);
+  // FloorSmall's value (|pos| <= 2**24: exact either way) in one rounding.
+  const __m512 f = _mm512_roundscale_ps(pos, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
   a.w0 = _mm512_sub_ps(_mm512_add_ps(f, one), pos);
   a.w1 = _mm512_sub_ps(pos, f);
   a.i = _mm512_cvttps_epi32(f);
-  const __m512i last = _mm512_set1_epi32(static_cast<int32_t>(size - 1));
-  a.inside0 = _mm512_cmpge_epi32_mask(a.i, _mm512_setzero_si512()) &
-              _mm512_cmple_epi32_mask(a.i, last);
-  a.inside1 = _mm512_cmpge_epi32_mask(a.i, _mm512_set1_epi32(-1)) &
-              _mm512_cmplt_epi32_mask(a.i, last);
   return a;
+}
+
+// The lanes of `among` whose tap index `i` lies in [0, last], in one unsigned compare. A
+// tap index is within 2**24 + 1 of 0 (the coordinate limit), so the upper tap's `i + 1`
+// never wraps.
+inline __mmask16 Inside16(__mmask16 among, __m512i i, __m512i last) {
+  return _mm512_mask_cmple_epu32_mask(among, i, last);
 }
 
 // The first `n` of sixteen lanes (n may be out of [0, 16]: clipped).
@@ -174,10 +173,16 @@ inline Points16 LoadPoints16(const float* grid, int64_t rest, const Geometry<2>&
   const __m512i column = one_channel ? p.x.i : _mm512_mullo_epi32(p.x.i, next);
   p.top = _mm512_add_epi32(_mm512_mullo_epi32(p.y.i, row), column);
   p.bottom = _mm512_add_epi32(p.top, row);
-  p.keep[0] = p.readable & p.y.inside0 & p.x.inside0;
-  p.keep[1] = p.readable & p.y.inside0 & p.x.inside1;
-  p.keep[2] = p.readable & p.y.inside1 & p.x.inside0;
-  p.keep[3] = p.readable & p.y.inside1 & p.x.inside1;
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i last_x = _mm512_set1_epi32(static_cast<int32_t>(geo.size[0] - 1));
+  const __m512i last_y = _mm512_set1_epi32(static_cast<int32_t>(geo.size[1] - 1));
+  const __m512i x1 = _mm512_add_epi32(p.x.i, one);
+  const __mmask16 rows[2] = {Inside16(p.readable, p.y.i, last_y),
+                             Inside16(p.readable, _mm512_add_epi32(p.y.i, one), last_y)};
+  for (int r = 0; r < 2; ++r) {
+    p.keep[2 * r] = Inside16(rows[r], p.x.i, last_x);
+    p.keep[2 * r + 1] = Inside16(rows[r], x1, last_x);
+  }
   return p;
 }
 
@@ -192,9 +197,11 @@ inline void GatherTaps16(const float* image, const Points16& p, __m512i next, in
   v[3] = _mm512_mask_i32gather_ps(zero, p.keep[3], _mm512_add_epi32(p.bottom, next), base, 4);
 }
 
-// V of points [0, count) of one example's image of K channels (1 or 3).
+// V of points [0, count) of one example's image of K channels (1 or 3). `geo` comes by
+// value here and in UGridVjpRun: a copy no store can alias, so the compiler keeps its
+// per-axis constants out of the loop rather than reloading them for every sixteen points.
 template <int Padding, bool Align, int K>
-void FwdRun(const float* image, const float* grid, int64_t count, const Geometry<2>& geo,
+void FwdRun(const float* image, const float* grid, int64_t count, Geometry<2> geo,
             float limit, float* out) {
   static_assert(K == 1 || K == 3);
   const __m512i row = _mm512_set1_epi32(geo.stride[1]);
@@ -234,7 +241,7 @@ void FwdRun(const float* image, const float* grid, int64_t count, const Geometry
 // so dU has its bits.
 template <int Padding, bool Align, int K>
 void UGridVjpRun(const float* image, const float* grid, const float* ct, int64_t count,
-                 const Geometry<2>& geo, float limit, float* du, float* dgrid) {
+                 Geometry<2> geo, float limit, float* du, float* dgrid) {
   static_assert(K == 1 || K == 3);
   const __m512i row = _mm512_set1_epi32(geo.stride[1]);
   const __m512i next = _mm512_set1_epi32(geo.stride[0]);  // K
