@@ -38,10 +38,10 @@ gather-based sampler everywhere. :func:`native_status` (public as
 loads another build of ``csrc/`` instead of the installed one (``scripts/sanitize.sh``).
 The passes are built twice, for the baseline ISA and for AVX2, and the AVX2 build runs
 where the CPU has it; on CPUs with AVX-512 the float32 bilinear forward and backward (both
-cotangents in one pass) of one- and three-channel images have 16-lane passes of their own. ``STN_JAX_NATIVE_ISA`` (read once, at
-the first load) caps the choice: ``baseline`` runs the baseline build, ``avx2`` the AVX2
-build without the AVX-512 passes, which is how the tests check the builds other CPUs get (bit
-for bit the same).
+cotangents in one pass) of one- and three-channel images have 16-lane passes of their own.
+``STN_JAX_NATIVE_ISA`` (read once, at the first load) caps the choice: ``baseline`` runs
+the baseline build, ``avx2`` the AVX2 build without the AVX-512 passes, which is how the
+tests check the builds other CPUs get (bit for bit the same).
 
 Bicubic (tricubic on volumes: Keys' cubic, ``a = -0.75``, per-tap padding) and nearest run
 through the same four primitives with a ``kernel`` parameter (``"bicubic"``, ``"nearest"``;
