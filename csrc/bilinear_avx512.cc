@@ -64,9 +64,8 @@ inline Axis16 AxisTaps16(__m512 g, int64_t size, bool pixels, float limit) {
   pos = Clamp16(pos, -limit, limit, held);
   if (Padding == kBorder) pos = Clamp16(pos, 0.0f, static_cast<float>(size - 1), held);
   a.moving = static_cast<__mmask16>(~held);
-  // FloorSmall's value in one rounding (exact for |pos| <= 2**24, the coordinate limit),
-  // plus +0: FloorSmall's int32 round trip turns -0 (a pixel coordinate) into +0, and the
-  // sign of that zero reaches w1 and, through it, the sign of a zero output.
+  // FloorSmall in one rounding (exact for |pos| <= 2**24, the coordinate limit), then its
+  // + 0: floor(-0) is +0 (a pixel coordinate of -0 reaches here), as in every build.
   const __m512 f = _mm512_add_ps(
       _mm512_roundscale_ps(pos, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC),
       _mm512_setzero_ps());

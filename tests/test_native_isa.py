@@ -11,9 +11,8 @@ build; this test runs the same calls in a process of each build and compares the
 nearest, images and volumes, float32 and float64, one, three and six channels, every padding
 and ``align_corners``, with grids that hold NaN, infinite, huge and exact-edge coordinates
 and images with NaN and infinite pixels, and bilinear with pixel coordinates (the
-deformation fields' path) of -0.0 over pixels of -0.0. There the AVX2 build gives some zero
-outputs the other sign from the baseline's: a known difference, held by a strict xfail so
-that its fix shows. With the other tests (which check this CPU's build
+deformation fields' path) of -0.0 over pixels of -0.0, where the sign a floor gives -0.0
+shows in the sign of zero outputs. With the other tests (which check this CPU's build
 against the pure-JAX reference and the float32 forward against an emulation of its scalar
 loop), this puts the builds that other machines run under test here.
 """
@@ -138,74 +137,45 @@ def _cpu_has(flag: str) -> bool:
     return False
 
 
-def _differences(a: dict, b: dict, signless=()) -> list[str]:
+def _differences(a: dict, b: dict) -> list[str]:
   """The keys whose arrays differ in any bit, except that a NaN may be any NaN (which of
-  two NaN operands an instruction passes on is the ISA's choice, not the kernel's), and
-  that in the keys of `signless` a zero may have either sign."""
+  two NaN operands an instruction passes on is the ISA's choice, not the kernel's)."""
   assert a.keys() == b.keys()
   differ = []
   for key, expected in a.items():
     got = b[key]
     assert got.dtype == expected.dtype and got.shape == expected.shape, key
     width = {4: np.uint32, 8: np.uint64}[expected.dtype.itemsize]
-    same = got == expected if key in signless else got.view(width) == expected.view(width)
-    same |= np.isnan(got) & np.isnan(expected)
+    same = (got.view(width) == expected.view(width)) | (np.isnan(got) & np.isnan(expected))
     if not same.all():
       differ.append(f"{key}: {int(np.sum(~same))} of {got.size} elements differ")
   return differ
 
 
-@pytest.fixture(scope="module")
-def builds(tmp_path_factory):
-  """Each build's outputs: the baseline's, the AVX2 build's, and this CPU's default's."""
+def test_every_build_gives_the_same_bits(tmp_path):
+  """Baseline == AVX2 (every pass), and AVX2 == AVX-512 (its one/three-channel passes)."""
   from stn_jax._src import native
 
   if not native.available():
     pytest.skip("the compiled kernels are not built (or STN_JAX_NATIVE=0)")
   if not _cpu_has("avx2"):
     pytest.skip("no AVX2 here: every process runs the baseline build")
-  tmp_path = tmp_path_factory.mktemp("isa")
   outputs = {isa: _outputs(tmp_path, isa) for isa in ("baseline", "avx2", None)}
   reasons = {isa: str(out.pop("reason")) for isa, out in outputs.items()}
-  return outputs, reasons
-
-
-def _pixel_keys(outputs: dict) -> set:
-  return {key for key in outputs if key.startswith("pixels_")}
-
-
-def test_every_build_gives_the_same_bits(builds):
-  """Baseline == AVX2 (every pass), and AVX2 == AVX-512 (its one/three-channel passes)."""
-  outputs, reasons = builds
   assert "baseline build" in reasons["baseline"], reasons["baseline"]
   assert "AVX2 build" in reasons["avx2"] and "AVX-512" not in reasons["avx2"], reasons["avx2"]
   # The default process runs the widest build this CPU has.
   assert ("AVX-512" in reasons[None]) == _cpu_has("avx512f"), reasons[None]
-  # The AVX2 build's one-pixel-coordinate cases differ in the sign of some zeros (below).
-  pixels = _pixel_keys(outputs[None])
-  differ = _differences(outputs["avx2"], outputs["baseline"], signless=pixels)
+  differ = _differences(outputs["avx2"], outputs["baseline"])
   assert not differ, "baseline and AVX2 builds disagree:\n" + "\n".join(differ)
-  differ = _differences(outputs["avx2"], outputs[None], signless=pixels)
+  differ = _differences(outputs["avx2"], outputs[None])
   assert not differ, "the AVX2 build and this CPU's default disagree:\n" + "\n".join(differ)
-  if _cpu_has("avx512f"):
-    differ = _differences(outputs["baseline"], outputs[None])
-    assert not differ, "the baseline and AVX-512 builds disagree:\n" + "\n".join(differ)
-  # The comparison has teeth: the cases hold finite values, NaN and inf, all of them.
+  # The comparison has teeth: the cases hold finite values, NaN and inf, all of them, and
+  # zeros of both signs.
   values = np.concatenate([a.ravel() for a in outputs[None].values()])
   assert np.isfinite(values).sum() > 10_000 and np.isnan(values).any()
-
-
-@pytest.mark.xfail(
-  strict=True,
-  reason="known: with pixel coordinates of -0.0 and zeros padding, some of the AVX2 "
-  "build's zero outputs have the other sign from the baseline's (the values are equal)",
-)
-def test_the_avx2_build_gives_zeros_their_sign_at_pixel_coordinates(builds):
-  outputs, _ = builds
-  pixels = _pixel_keys(outputs["baseline"])
-  pick = lambda out: {key: out[key] for key in pixels}  # noqa: E731
-  differ = _differences(pick(outputs["baseline"]), pick(outputs["avx2"]))
-  assert not differ, "\n".join(differ)
+  zeros = values[values == 0]
+  assert np.signbit(zeros).any() and not np.signbit(zeros).all()
 
 
 if __name__ == "__main__":
