@@ -12,7 +12,13 @@ policy), so the stn_jax call that follows finds one of its two cores taken. Here
 timed process imports one library only; the rounds alternate the libraries' processes
 (order rotated each round) so that both see the same machine load. Each process times
 ``--calls`` back-to-back calls after two warm-up calls (compilation excluded) and reports
-its median; the table gives the median over rounds of those medians.
+its median; the table gives the median over rounds of those medians, and their ratio.
+
+The ``paired`` column is the median over rounds of each round's own ratio: the two
+processes of a round run back to back, so they most likely see the same state of the host.
+On a shared host whose speed shifts between states for minutes at a time (this project's
+Xeon, see benchmarks/README.md), the ratio of the two medians can pair one library's slow
+processes with the other's fast ones; the paired ratio compares like with like.
 
 Passes: the forward, and forward+backward w.r.t. ``U`` and ``grid`` of ``sum(V ** 2)`` (a
 loss whose backward needs the forward), written ``V ** 2`` in both libraries. (Tables before
@@ -167,6 +173,8 @@ def main(args) -> None:
           samples[impl].append(result["median_s"])
           faults[impl].append(result["faults_per_call"])
       ms = {impl: 1e3 * statistics.median(v) for impl, v in samples.items()}
+      pairs = zip(samples["stn_jax"], samples["torch"], strict=True)
+      paired = statistics.median(a / b for a, b in pairs)
       faults = {impl: statistics.median(v) for impl, v in faults.items()}
       rows.append(
         {
@@ -178,6 +186,7 @@ def main(args) -> None:
           "stn_jax_ms": ms["stn_jax"],
           "torch_ms": ms["torch"],
           "ratio": ms["stn_jax"] / ms["torch"],
+          "paired_ratio": paired,
           "stn_jax_faults_per_call": faults["stn_jax"],
           "torch_faults_per_call": faults["torch"],
           "per_process_ms": {k: [1e3 * s for s in v] for k, v in samples.items()},
@@ -185,7 +194,7 @@ def main(args) -> None:
       )
       print(
         f"{workload:8} {pass_name:12} stn_jax {ms['stn_jax']:8.3f} ms  torch "
-        f"{ms['torch']:8.3f} ms  ratio {rows[-1]['ratio']:.2f}",
+        f"{ms['torch']:8.3f} ms  ratio {rows[-1]['ratio']:.2f}  paired {paired:.2f}",
         flush=True,
       )
   load_end = os.getloadavg()
@@ -223,11 +232,12 @@ def main(args) -> None:
     + "/".join(f"{x:.1f}" for x in load_start)
     + ", at end "
     + "/".join(f"{x:.1f}" for x in load_end)
-    + ".",
+    + ". stn/torch: the ratio of the two medians; paired: the median over rounds of each "
+    "round's ratio (its two processes ran back to back).",
     "",
-    "| workload | pass | stn_jax ms | torch ms | stn/torch | stn_jax faults/call "
+    "| workload | pass | stn_jax ms | torch ms | stn/torch | paired | stn_jax faults/call "
     "| torch faults/call |",
-    "|---|---|---:|---:|---:|---:|---:|",
+    "|---|---|---:|---:|---:|---:|---:|---:|",
   ]
   for r in rows:
     shape = "x".join(map(str, r["shape"]))
@@ -235,7 +245,7 @@ def main(args) -> None:
       shape += "->" + "x".join(map(str, r["output"]))
     lines.append(
       f"| {r['workload']} {shape} | {r['pass']} | {r['stn_jax_ms']:.3f} | {r['torch_ms']:.3f} "
-      f"| {r['ratio']:.2f} | {r['stn_jax_faults_per_call']:.0f} "
+      f"| {r['ratio']:.2f} | {r['paired_ratio']:.2f} | {r['stn_jax_faults_per_call']:.0f} "
       f"| {r['torch_faults_per_call']:.0f} |"
     )
   with open(stem + ".md", "w") as f:
