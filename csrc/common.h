@@ -83,11 +83,12 @@ namespace {  // internal to each unit: compiled once per build, never shared acr
 // it never waits on a task the pool has not started (no deadlock when the caller is itself
 // a pool thread). Late tasks find no chunk left and exit without touching the work.
 //
-// Sixteen chunks per thread: when the caller runs out of chunks, the others hold at most
-// one each, so the caller's wait is short (MNIST's forward: chunks of about 10 us, not 40).
-// It first spins on the counter for up to kSpinMicroseconds, then sleeps: waking a sleeping
-// thread costs a futex round trip, tens of microseconds on a virtualised core. Measured on
-// two threads, benchmarks/README.md ("Work splitting").
+// Up to sixteen chunks per thread: when the caller runs out of chunks, each other thread
+// holds at most one, and a small chunk keeps that wait short (MNIST's forward on two
+// threads: chunks of about 10 us, where four per thread made them 40). The caller first
+// spins on the counter (WaitForChunks), then sleeps: waking a sleeping thread costs a futex
+// round trip, tens of microseconds on a virtualised core. Measured on two threads:
+// benchmarks/README.md ("Work splitting").
 
 // A spinning thread's hint to the core (x86 `pause`, Arm `yield`).
 inline void CpuRelax() {
