@@ -1,11 +1,11 @@
-// The float32 bilinear forward, and the backward that gives both cotangents in one sweep,
-// of one- and three-channel images for CPUs with AVX-512: sixteen points per step, the
+// The float32 bilinear forward and backward passes (dgrid, dU, or both in one sweep) of
+// one- and three-channel images for CPUs with AVX-512: sixteen points per step, the
 // taps read by masked gathers, so a tap outside the image is never loaded and needs no
 // clipped offset. Batches of small images (MNIST-sized, one channel) and RGB images are
-// bound by this per-point work, and PyTorch runs its 16-lane build on these CPUs. Every
-// other pass, and the cases these leave (reflection padding, align_corners with a
-// one-pixel axis, float64, other channel counts, volumes), are the AVX2 build's
-// (bilinear_passes.inc).
+// bound by this per-point work, and PyTorch runs its 16-lane build on these CPUs. The
+// grid's forward derivative (grid_jvp), and the cases these leave (reflection padding,
+// align_corners with a one-pixel axis, float64, other channel counts, volumes), are the
+// AVX2 build's (bilinear_passes.inc).
 //
 // Every operation is the scalar loop's, in the same order, without FMA: the same
 // coordinates, floors, weights, masks and sums, so the results are bitwise the baseline
@@ -201,7 +201,7 @@ inline void GatherTaps16(const float* image, const Points16& p, __m512i next, in
 }
 
 // V of points [0, count) of one example's image of K channels (1 or 3). `geo` comes by
-// value here and in UGridVjpRun: a copy no store can alias, so the compiler keeps its
+// value here and in VjpRun: a copy no store can alias, so the compiler keeps its
 // per-axis constants out of the loop rather than reloading them for every sixteen points.
 template <int Padding, bool Align, int K>
 void FwdRun(const float* image, const float* grid, int64_t count, Geometry<2> geo,
@@ -234,31 +234,85 @@ void FwdRun(const float* image, const float* grid, int64_t count, Geometry<2> ge
   }
 }
 
-// Both cotangents of Fwd for K channels (1 or 3), points [0, count) of one example, into
-// its dU image `du` (zeroed) and dgrid: GridVjpBlock's and UVjpBlock's operations on
-// sixteen points in registers, with no TapBlock between the grid and the taps. dgrid per
-// lane is the channels' ct * AxisSlope summed in channel order from 0, times the slope
-// where it is not 0; the scatter adds each point's contributions (0 for a tap not read,
-// at its clipped offset: adding 0 leaves any dU value as it is, since a sum that starts
-// at +0 is never -0) in point order, tap by tap, channel by channel, as UVjpBlock does,
-// so dU has its bits.
-template <int Padding, bool Align, int K>
-void UGridVjpRun(const float* image, const float* grid, const float* ct, int64_t count,
-                 Geometry<2> geo, float limit, float* du, float* dgrid) {
-  static_assert(K == 1 || K == 3);
-  const __m512i row = _mm512_set1_epi32(geo.stride[1]);
-  const __m512i next = _mm512_set1_epi32(geo.stride[0]);  // K
-  const __m512i zero_i = _mm512_setzero_si512();
-  const __m512i last_x = _mm512_set1_epi32(static_cast<int32_t>(geo.size[0] - 1));
-  const __m512i last_y = _mm512_set1_epi32(static_cast<int32_t>(geo.size[1] - 1));
-  const __m512i one_i = _mm512_set1_epi32(1);
-  const __m512 zero = _mm512_setzero_ps();
+// dgrid of sixteen points of K channels (their cotangents `g`), stored at `out`: per lane
+// the channels' ct * AxisSlope summed in channel order from 0, times the slope where it is
+// not 0, as GridVjpBlock does.
+template <int K>
+inline void GridVjp16(const float* image, const Points16& p, __m512i next, const __m512* g,
+                      int64_t rest, float* out) {
   // (x, y) pairs of sixteen points: lanes 0-7 of both vectors, then lanes 8-15.
   const __m512i pairs_low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6,
                                               22, 7, 23);
   const __m512i pairs_high = _mm512_add_epi32(pairs_low, _mm512_set1_epi32(8));
+  __m512 sx = _mm512_setzero_ps(), sy = _mm512_setzero_ps();
+  for (int k = 0; k < K; ++k) {
+    __m512 v[4];
+    GatherTaps16(image, p, next, k, v);
+    // AxisSlope along x (differences along x, then the y weights) and along y.
+    const __m512 ax = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v[1], v[0]), p.y.w0),
+                                    _mm512_mul_ps(_mm512_sub_ps(v[3], v[2]), p.y.w1));
+    const __m512 ay = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v[2], v[0]), p.x.w0),
+                                    _mm512_mul_ps(_mm512_sub_ps(v[3], v[1]), p.x.w1));
+    sx = _mm512_add_ps(sx, _mm512_mul_ps(g[k], ax));
+    sy = _mm512_add_ps(sy, _mm512_mul_ps(g[k], ay));
+  }
+  const __m512 dx = _mm512_maskz_mul_ps(p.readable & p.x.moving, sx, _mm512_set1_ps(p.x.slope));
+  const __m512 dy = _mm512_maskz_mul_ps(p.readable & p.y.moving, sy, _mm512_set1_ps(p.y.slope));
+  _mm512_mask_storeu_ps(out, FirstLanes(2 * rest), _mm512_permutex2var_ps(dx, pairs_low, dy));
+  _mm512_mask_storeu_ps(out + 16, FirstLanes(2 * rest - 16),
+                        _mm512_permutex2var_ps(dx, pairs_high, dy));
+}
+
+// Adds sixteen points' contributions to their example's dU image: TapWeight (the y weight
+// times the x weight) times ct, 0 for a tap not read, at its clipped offset (adding 0
+// leaves any dU value as it is, since a sum that starts at +0 is never -0), in point
+// order, tap by tap, channel by channel, as UVjpBlock does, so dU has its bits.
+template <int K>
+inline void Scatter16(const Points16& p, const Geometry<2>& geo, __m512i row, __m512i next,
+                      const __m512* g, int64_t rest, float* du) {
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i last_x = _mm512_set1_epi32(static_cast<int32_t>(geo.size[0] - 1));
+  const __m512i last_y = _mm512_set1_epi32(static_cast<int32_t>(geo.size[1] - 1));
+  const __m512i x0 = _mm512_min_epi32(_mm512_max_epi32(p.x.i, zero), last_x);
+  const __m512i x1 =
+      _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(p.x.i, one), zero), last_x);
+  const __m512i y0 = _mm512_min_epi32(_mm512_max_epi32(p.y.i, zero), last_y);
+  const __m512i y1 =
+      _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(p.y.i, one), zero), last_y);
+  const __m512i top = _mm512_mullo_epi32(y0, row), bottom = _mm512_mullo_epi32(y1, row);
+  const __m512i left = _mm512_mullo_epi32(x0, next), right = _mm512_mullo_epi32(x1, next);
+  const __m512i offsets[4] = {_mm512_add_epi32(top, left), _mm512_add_epi32(top, right),
+                              _mm512_add_epi32(bottom, left), _mm512_add_epi32(bottom, right)};
+  const __m512 weights[4] = {_mm512_mul_ps(p.y.w0, p.x.w0), _mm512_mul_ps(p.y.w0, p.x.w1),
+                             _mm512_mul_ps(p.y.w1, p.x.w0), _mm512_mul_ps(p.y.w1, p.x.w1)};
   alignas(64) int32_t at[4][16];
   alignas(64) float add[4][K][16];
+  for (int t = 0; t < 4; ++t) {
+    _mm512_store_si512(at[t], offsets[t]);
+    for (int k = 0; k < K; ++k) {
+      _mm512_store_ps(add[t][k], _mm512_maskz_mul_ps(p.keep[t], weights[t], g[k]));
+    }
+  }
+  for (int64_t l = 0; l < rest; ++l) {
+    for (int t = 0; t < 4; ++t) {
+      float* pixel = du + at[t][l];
+      for (int k = 0; k < K; ++k) pixel[k] += add[t][k][l];
+    }
+  }
+}
+
+// The cotangents of Fwd for K channels (1 or 3), points [0, count) of one example, from
+// sixteen points in registers with no TapBlock between the grid and the taps: into its dU
+// image `du` (zeroed) where Du, into dgrid where Dgrid (`image` is read only then). The
+// fused backward runs both; an STN whose U is its input needs dgrid alone.
+template <int Padding, bool Align, int K, bool Du, bool Dgrid>
+void VjpRun(const float* image, const float* grid, const float* ct, int64_t count,
+            Geometry<2> geo, float limit, float* du, float* dgrid) {
+  static_assert(K == 1 || K == 3);
+  static_assert(Du || Dgrid);
+  const __m512i row = _mm512_set1_epi32(geo.stride[1]);
+  const __m512i next = _mm512_set1_epi32(geo.stride[0]);  // K
   for (int64_t j = 0; j < count; j += 16) {
     const int64_t rest = std::min<int64_t>(16, count - j);
     const Points16 p = LoadPoints16<Padding, Align>(grid + 2 * j, rest, geo, limit, row, next,
@@ -273,49 +327,8 @@ void UGridVjpRun(const float* image, const float* grid, const float* ct, int64_t
       }
       Deinterleave3(pixels, g);
     }
-    __m512 sx = zero, sy = zero;
-    for (int k = 0; k < K; ++k) {
-      __m512 v[4];
-      GatherTaps16(image, p, next, k, v);
-      // AxisSlope along x (differences along x, then the y weights) and along y.
-      const __m512 ax = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v[1], v[0]), p.y.w0),
-                                      _mm512_mul_ps(_mm512_sub_ps(v[3], v[2]), p.y.w1));
-      const __m512 ay = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v[2], v[0]), p.x.w0),
-                                      _mm512_mul_ps(_mm512_sub_ps(v[3], v[1]), p.x.w1));
-      sx = _mm512_add_ps(sx, _mm512_mul_ps(g[k], ax));
-      sy = _mm512_add_ps(sy, _mm512_mul_ps(g[k], ay));
-    }
-    const __m512 dx = _mm512_maskz_mul_ps(p.readable & p.x.moving, sx, _mm512_set1_ps(p.x.slope));
-    const __m512 dy = _mm512_maskz_mul_ps(p.readable & p.y.moving, sy, _mm512_set1_ps(p.y.slope));
-    _mm512_mask_storeu_ps(dgrid + 2 * j, FirstLanes(2 * rest),
-                          _mm512_permutex2var_ps(dx, pairs_low, dy));
-    _mm512_mask_storeu_ps(dgrid + 2 * j + 16, FirstLanes(2 * rest - 16),
-                          _mm512_permutex2var_ps(dx, pairs_high, dy));
-    // The scatter: TapWeight (the y weight times the x weight) times ct, 0 where not read.
-    const __m512i x0 = _mm512_min_epi32(_mm512_max_epi32(p.x.i, zero_i), last_x);
-    const __m512i x1 =
-        _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(p.x.i, one_i), zero_i), last_x);
-    const __m512i y0 = _mm512_min_epi32(_mm512_max_epi32(p.y.i, zero_i), last_y);
-    const __m512i y1 =
-        _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(p.y.i, one_i), zero_i), last_y);
-    const __m512i top = _mm512_mullo_epi32(y0, row), bottom = _mm512_mullo_epi32(y1, row);
-    const __m512i left = _mm512_mullo_epi32(x0, next), right = _mm512_mullo_epi32(x1, next);
-    const __m512i offsets[4] = {_mm512_add_epi32(top, left), _mm512_add_epi32(top, right),
-                                _mm512_add_epi32(bottom, left), _mm512_add_epi32(bottom, right)};
-    const __m512 weights[4] = {_mm512_mul_ps(p.y.w0, p.x.w0), _mm512_mul_ps(p.y.w0, p.x.w1),
-                               _mm512_mul_ps(p.y.w1, p.x.w0), _mm512_mul_ps(p.y.w1, p.x.w1)};
-    for (int t = 0; t < 4; ++t) {
-      _mm512_store_si512(at[t], offsets[t]);
-      for (int k = 0; k < K; ++k) {
-        _mm512_store_ps(add[t][k], _mm512_maskz_mul_ps(p.keep[t], weights[t], g[k]));
-      }
-    }
-    for (int64_t l = 0; l < rest; ++l) {
-      for (int t = 0; t < 4; ++t) {
-        float* pixel = du + at[t][l];
-        for (int k = 0; k < K; ++k) pixel[k] += add[t][k][l];
-      }
-    }
+    if constexpr (Dgrid) GridVjp16<K>(image, p, next, g, rest, dgrid + 2 * j);
+    if constexpr (Du) Scatter16<K>(p, geo, row, next, g, rest, du);
   }
 }
 
@@ -328,34 +341,88 @@ bool Applies(const Pass& pass) {
          !(pass.align_corners && !us.pixels && (us.spatial[0] == 1 || us.spatial[1] == 1));
 }
 
-template <int Padding, bool Align, int K>
-void FwdPoints(const Pass& pass, const float* u, const float* grid, float* out) {
-  const Geometry<2> geo = ImageGeometry<2>(pass.image);
+// Calls run(example, first point, count) over the grid's rows, split among the pool's
+// threads: each call one example's contiguous run of rows (grid points and outputs).
+// `cost`: the estimated work per point.
+template <typename F>
+void ForRowRuns(const Pass& pass, int64_t cost, const F& run) {
   const Rows rows = GridRows(pass.grid);
-  const float limit = static_cast<float>(pass.coord_limit);
-  constexpr int64_t kCostPerPoint = 16 + 4 * K;  // FwdImpl's estimate: 8 * Dims + taps
-  ParallelFor(*pass.pool, rows.count, rows.length * kCostPerPoint, [&](int64_t begin,
-                                                                        int64_t end) {
-    // The rows of one example are one contiguous run of grid points and outputs.
+  ParallelFor(*pass.pool, rows.count, rows.length * cost, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end;) {
       const int64_t example = r / rows.per_example;
       const int64_t stop = std::min(end, (example + 1) * rows.per_example);
-      const int64_t p = r * rows.length;
-      FwdRun<Padding, Align, K>(u + example * geo.elements, grid + 2 * p,
-                                (stop - r) * rows.length, geo, limit, out + K * p);
+      run(example, r * rows.length, (stop - r) * rows.length);
       r = stop;
     }
   });
 }
 
-// Calls body(padding, align) with both as compile-time constants (zeros or border).
+template <int Padding, bool Align, int K>
+void FwdPoints(const Pass& pass, const float* u, const float* grid, float* out) {
+  const Geometry<2> geo = ImageGeometry<2>(pass.image);
+  const float limit = static_cast<float>(pass.coord_limit);
+  constexpr int64_t kCostPerPoint = 16 + 4 * K;  // FwdImpl's estimate: 8 * Dims + taps
+  ForRowRuns(pass, kCostPerPoint, [&](int64_t example, int64_t p, int64_t count) {
+    FwdRun<Padding, Align, K>(u + example * geo.elements, grid + 2 * p, count, geo, limit,
+                              out + K * p);
+  });
+}
+
+// dgrid alone, split by rows as the forward is (nothing is scattered).
+template <int Padding, bool Align, int K>
+void GridVjpPoints(const Pass& pass, const float* u, const float* grid, const float* ct,
+                   float* dgrid) {
+  const Geometry<2> geo = ImageGeometry<2>(pass.image);
+  const float limit = static_cast<float>(pass.coord_limit);
+  constexpr int64_t kCostPerPoint = 16 + 6 * K;  // GridVjpImpl's estimate
+  ForRowRuns(pass, kCostPerPoint, [&](int64_t example, int64_t p, int64_t count) {
+    VjpRun<Padding, Align, K, false, true>(u + example * geo.elements, grid + 2 * p,
+                                           ct + K * p, count, geo, limit, nullptr,
+                                           dgrid + 2 * p);
+  });
+}
+
+// dU, with dgrid where Dgrid: one example per unit, as UVjpImpl and UGridVjpImpl split
+// them (each thread scatters into its own examples' images only). `u` is read only for
+// dgrid.
+template <int Padding, bool Align, int K, bool Dgrid>
+void VjpExamples(const Pass& pass, const float* u, const float* grid, const float* ct,
+                 float* du, float* dgrid) {
+  const Geometry<2> geo = ImageGeometry<2>(pass.image);
+  const Rows rows = GridRows(pass.grid);
+  const int64_t points = rows.per_example * rows.length;  // per example
+  const float limit = static_cast<float>(pass.coord_limit);
+  // UGridVjpImpl's and UVjpImpl's estimates
+  constexpr int64_t kCostPerPoint = Dgrid ? 16 + 14 * K : 16 + 8 * K;
+  ParallelFor(*pass.pool, pass.grid.batch, points * kCostPerPoint, [&](int64_t begin,
+                                                                         int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      float* image_du = du + n * geo.elements;
+      std::fill(image_du, image_du + geo.elements, 0.0f);
+      VjpRun<Padding, Align, K, true, Dgrid>(Dgrid ? u + n * geo.elements : nullptr,
+                                             grid + 2 * n * points, ct + K * n * points,
+                                             points, geo, limit, image_du,
+                                             Dgrid ? dgrid + 2 * n * points : nullptr);
+    }
+  });
+}
+
+// Runs body(padding, align, channels) for a pass Applies covers, with all three as
+// compile-time constants (zeros or border; 1 or 3 channels).
 template <typename F>
 void WithModes(const Pass& pass, const F& body) {
+  auto with_channels = [&](auto padding, auto align) {
+    if (pass.image.last == 1) {
+      body(padding, align, std::integral_constant<int, 1>{});
+    } else {
+      body(padding, align, std::integral_constant<int, 3>{});
+    }
+  };
   auto with_align = [&](auto padding) {
     if (pass.align_corners) {
-      body(padding, std::true_type{});
+      with_channels(padding, std::true_type{});
     } else {
-      body(padding, std::false_type{});
+      with_channels(padding, std::false_type{});
     }
   };
   if (pass.padding == kZeros) {
@@ -365,42 +432,37 @@ void WithModes(const Pass& pass, const F& body) {
   }
 }
 
+const float* InF(const void* p) { return static_cast<const float*>(p); }
+float* OutF(void* p) { return static_cast<float*>(p); }
+
 void Fwd(const Pass& pass, const void* u, const void* grid, void* out) {
   if (!Applies(pass)) {
     avx2::kBilinear.fwd(pass, u, grid, out);
     return;
   }
-  const auto* uf = static_cast<const float*>(u);
-  const auto* gf = static_cast<const float*>(grid);
-  auto* of = static_cast<float*>(out);
-  WithModes(pass, [&](auto padding, auto align) {
-    if (pass.image.last == 1) {
-      FwdPoints<padding, align, 1>(pass, uf, gf, of);
-    } else {
-      FwdPoints<padding, align, 3>(pass, uf, gf, of);
-    }
+  WithModes(pass, [&](auto padding, auto align, auto k) {
+    FwdPoints<padding, align, k>(pass, InF(u), InF(grid), OutF(out));
   });
 }
 
-// Both cotangents: one example per unit, as UGridVjpImpl splits them (each thread
-// scatters into its own examples' images only).
-template <int Padding, bool Align, int K>
-void UGridVjpExamples(const Pass& pass, const float* u, const float* grid, const float* ct,
-                      float* du, float* dgrid) {
-  const Geometry<2> geo = ImageGeometry<2>(pass.image);
-  const Rows rows = GridRows(pass.grid);
-  const int64_t points = rows.per_example * rows.length;  // per example
-  const float limit = static_cast<float>(pass.coord_limit);
-  constexpr int64_t kCostPerPoint = 16 + 14 * K;  // UGridVjpImpl's estimate
-  ParallelFor(*pass.pool, pass.grid.batch, points * kCostPerPoint, [&](int64_t begin,
-                                                                         int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      float* image_du = du + n * geo.elements;
-      std::fill(image_du, image_du + geo.elements, 0.0f);
-      UGridVjpRun<Padding, Align, K>(u + n * geo.elements, grid + 2 * n * points,
-                                     ct + K * n * points, points, geo, limit, image_du,
-                                     dgrid + 2 * n * points);
-    }
+void GridVjp(const Pass& pass, const void* u, const void* grid, const void* ct, void* dgrid) {
+  if (!Applies(pass)) {
+    avx2::kBilinear.grid_vjp(pass, u, grid, ct, dgrid);
+    return;
+  }
+  WithModes(pass, [&](auto padding, auto align, auto k) {
+    GridVjpPoints<padding, align, k>(pass, InF(u), InF(grid), InF(ct), OutF(dgrid));
+  });
+}
+
+void UVjp(const Pass& pass, const void* ct, const void* grid, void* du) {
+  if (!Applies(pass)) {
+    avx2::kBilinear.u_vjp(pass, ct, grid, du);
+    return;
+  }
+  WithModes(pass, [&](auto padding, auto align, auto k) {
+    VjpExamples<padding, align, k, false>(pass, nullptr, InF(grid), InF(ct), OutF(du),
+                                          nullptr);
   });
 }
 
@@ -410,31 +472,16 @@ void UGridVjp(const Pass& pass, const void* u, const void* grid, const void* ct,
     avx2::kBilinear.u_grid_vjp(pass, u, grid, ct, du, dgrid);
     return;
   }
-  const auto* uf = static_cast<const float*>(u);
-  const auto* gf = static_cast<const float*>(grid);
-  const auto* cf = static_cast<const float*>(ct);
-  auto* duf = static_cast<float*>(du);
-  auto* dgf = static_cast<float*>(dgrid);
-  WithModes(pass, [&](auto padding, auto align) {
-    if (pass.image.last == 1) {
-      UGridVjpExamples<padding, align, 1>(pass, uf, gf, cf, duf, dgf);
-    } else {
-      UGridVjpExamples<padding, align, 3>(pass, uf, gf, cf, duf, dgf);
-    }
+  WithModes(pass, [&](auto padding, auto align, auto k) {
+    VjpExamples<padding, align, k, true>(pass, InF(u), InF(grid), InF(ct), OutF(du),
+                                         OutF(dgrid));
   });
 }
 
-// The other passes: the AVX2 build's, looked up at the call (no cross-unit initialisation).
+// The grid's forward derivative: the AVX2 build's, looked up at the call (no cross-unit
+// initialisation).
 void GridJvp(const Pass& pass, const void* u, const void* grid, const void* dgrid, void* out) {
   avx2::kBilinear.grid_jvp(pass, u, grid, dgrid, out);
-}
-
-void GridVjp(const Pass& pass, const void* u, const void* grid, const void* ct, void* dgrid) {
-  avx2::kBilinear.grid_vjp(pass, u, grid, ct, dgrid);
-}
-
-void UVjp(const Pass& pass, const void* ct, const void* grid, void* du) {
-  avx2::kBilinear.u_vjp(pass, ct, grid, du);
 }
 
 }  // namespace

@@ -55,9 +55,9 @@ extern const SeparablePasses kCubic;    // separable_avx2.cc
 extern const SeparablePasses kNearest;
 }  // namespace avx2
 
-// AVX-512: the float32 2-D bilinear forward and fused backward (u_grid_vjp) of one- and
-// three-channel images; its other passes and cases are the AVX2 build's
-// (bilinear_avx512.cc).
+// AVX-512: the float32 2-D bilinear forward and backward passes (grid_vjp, u_vjp,
+// u_grid_vjp) of one- and three-channel images; grid_jvp and the other cases are the AVX2
+// build's (bilinear_avx512.cc).
 namespace avx512 {
 extern const BilinearPasses kBilinear;
 }  // namespace avx512

@@ -6,7 +6,8 @@ arrive as transposed or strided NumPy views or are transposed inside ``jit``, hu
 infinite coordinates, NaN and infinite pixels, every padding mode and ``align_corners``.
 Each example runs all four compiled passes (values, both gradients, the grid tangent) and
 the same derivatives of ``gather.sample_gather`` (vmapped over the batch, differentiated by
-JAX), and checks that the compiled side really ran the kernels.
+JAX), and checks that the compiled side really ran the kernels; then each gradient alone
+(its own pass), which must equal the fused backward's.
 
 Every compiled kernel is drawn: bilinear, bicubic (tricubic on volumes) and nearest.
 
@@ -113,6 +114,20 @@ def _derivatives(sample, transposed):
     dU, dg = vjp(R)
     tangent = jax.jvp(lambda g: sample(U, g), (grid,), (dgrid,))[1]
     return V, dU, dg, tangent
+
+  return run
+
+
+def _gradients_alone(sample, transposed):
+  """dL/dU with the grid held fixed, and dL/dgrid with U held fixed (cotangent R)."""
+
+  def run(U, grid, R, dgrid):
+    del dgrid
+    if transposed:
+      U = jnp.swapaxes(U, 1, 2)
+    dU = jax.vjp(lambda u: sample(u, grid), U)[1](R)[0]
+    dg = jax.vjp(lambda g: sample(U, g), grid)[1](R)[0]
+    return dU, dg
 
   return run
 
@@ -322,3 +337,8 @@ def test_compiled_passes_equal_the_reference(case):
     # opposite signs each by it (NaN).
     loose = name == "jvp in grid" or (kernel == "bicubic" and name == "dgrid")
     _assert_within(a, b, bound, f"{name} for {case}", same_non_finite=not loose)
+  # Each gradient alone (an STN whose U is its input needs dgrid only) runs its own pass,
+  # which must give the fused pass's bits.
+  alone = jax.jit(_gradients_alone(compiled, transposed))(*args)
+  for a, b, name in zip(alone, got[1:3], ["dU", "dgrid"], strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{name} alone")

@@ -2,17 +2,17 @@
 
 The passes are compiled twice (csrc/passes.h): for the baseline ISA, which every CPU runs
 (ARM, x86 without AVX2), and for AVX2, which x86 machines pick; CPUs with AVX-512 also run
-16-lane passes for the float32 bilinear forward and fused backward of one- and
-three-channel images (csrc/bilinear_avx512.cc). The
-vector paths repeat the scalar loops' operations in the same order (no FMA), so the builds
-must agree bit for bit. ``STN_JAX_NATIVE_ISA=baseline`` / ``avx2`` caps a process at that
-build; this test runs the same calls in a process of each build and compares the bytes of
-``V``, of both gradients of ``sum(V * R)`` and of the JVP, for bilinear, bicubic and
-nearest, images and volumes, float32 and float64, one, three and six channels, every padding
-and ``align_corners``, with grids that hold NaN, infinite, huge and exact-edge coordinates
-and images with NaN and infinite pixels, and bilinear with pixel coordinates (the
-deformation fields' path) of -0.0 over pixels of -0.0, where the sign a floor gives -0.0
-shows in the sign of zero outputs. With the other tests (which check this CPU's build
+16-lane passes for the float32 bilinear forward and backward of one- and three-channel
+images (csrc/bilinear_avx512.cc). The vector paths repeat the scalar loops' operations in
+the same order (no FMA), so the builds must agree bit for bit.
+``STN_JAX_NATIVE_ISA=baseline`` / ``avx2`` caps a process at that build; this test runs
+the same calls in a process of each build and compares the bytes of ``V``, of both
+gradients of ``sum(V * R)`` (together, and each alone) and of the JVP, for bilinear,
+bicubic and nearest, images and volumes, float32 and float64, one, three and six channels,
+every padding and ``align_corners``, with grids that hold NaN, infinite, huge and
+exact-edge coordinates and images with NaN and infinite pixels, and bilinear with pixel
+coordinates (the deformation fields' path) of -0.0 over pixels of -0.0, where the sign a
+floor gives -0.0 shows in the sign of zero outputs. With the other tests (which check this CPU's build
 against the pure-JAX reference and the float32 forward against an emulation of its scalar
 loop), this puts the builds that other machines run under test here.
 """
@@ -83,7 +83,10 @@ def _run(out_path: str) -> None:
 
           V, vjp = jax.vjp(f, U, grid)
           _, dV = jax.jvp(f, (U, grid), (dU, dgrid))
-          outs += [V, *vjp(R), dV]
+          # Each gradient alone too: its own pass (grid_vjp, u_vjp), not the fused one.
+          _, vjp_grid = jax.vjp(lambda g, f=f: f(U, g), grid)
+          _, vjp_u = jax.vjp(lambda u, f=f: f(u, grid), U)
+          outs += [V, *vjp(R), dV, *vjp_grid(R), *vjp_u(R)]
       return outs
 
     for k, array in enumerate(passes(U, grid, R, dU, dgrid)):
