@@ -12,9 +12,9 @@ bicubic and nearest, images and volumes, float32 and float64, one, three and six
 every padding and ``align_corners``, with grids that hold NaN, infinite, huge and
 exact-edge coordinates and images with NaN and infinite pixels, and bilinear with pixel
 coordinates (the deformation fields' path) of -0.0 over pixels of -0.0, where the sign a
-floor gives -0.0 shows in the sign of zero outputs. With the other tests (which check this CPU's build
-against the pure-JAX reference and the float32 forward against an emulation of its scalar
-loop), this puts the builds that other machines run under test here.
+floor gives -0.0 shows in the sign of zero outputs. With the other tests (which check this
+CPU's build against the pure-JAX reference and the float32 forward against an emulation of
+its scalar loop), this puts the builds that other machines run under test here.
 """
 
 import os
