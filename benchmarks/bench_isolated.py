@@ -21,7 +21,9 @@ Xeon, see benchmarks/README.md), the ratio of the two medians can pair one libra
 processes with the other's fast ones; the paired ratio compares like with like.
 
 Passes: the forward, and forward+backward w.r.t. ``U`` and ``grid`` of ``sum(V ** 2)`` (a
-loss whose backward needs the forward), written ``V ** 2`` in both libraries. (Tables before
+loss whose backward needs the forward), written ``V ** 2`` in both libraries; with
+``--passes``, also ``fwd+dgrid V^2``, the same loss's gradient w.r.t. ``grid`` alone (an
+STN's backward when ``U`` is its input image: PyTorch then skips ``dU`` too). (Tables before
 December 2026 used ``V * V``. JAX turns that cotangent into ``V + V``, which XLA:CPU 0.10
 compiles as a lone ``add`` fusion on the 4-D array, 4-5x slower than its ``2 * V`` fusion:
 0.6 ms of MNIST's 3.6 ms; see benchmarks/README.md.)
@@ -55,7 +57,8 @@ WORKLOADS = {
   "bicubic": ((32, 64, 64, 32), "bicubic", (64, 64)),
   "nearest": ((32, 64, 64, 32), "nearest", (64, 64)),
 }
-PASSES = ("fwd", "fwd+bwd V^2")
+PASSES = ("fwd", "fwd+bwd V^2", "fwd+dgrid V^2")
+DEFAULT_PASSES = "fwd,fwd+bwd V^2"
 IMPLS = ("stn_jax", "torch")
 HERE = os.path.dirname(os.path.abspath(__file__))
 # glibc reads these at start-up: the settings of stn_jax.digits.cli.keep_freed_memory.
@@ -89,6 +92,7 @@ def _child_runner(impl, workload, pass_name):
   shape, kernel, out_hw = WORKLOADS[workload]
   U, grid = _inputs(shape, out_hw)
   square = pass_name != "fwd"
+  grid_only = pass_name == "fwd+dgrid V^2"  # U is data (an STN's input): no dU
   if impl == "stn_jax":
     import jax
     import jax.numpy as jnp
@@ -102,7 +106,8 @@ def _child_runner(impl, workload, pass_name):
       v = fwd(u, g)
       return jnp.sum(v**2)
 
-    fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if square else fwd)
+    argnums = 1 if grid_only else (0, 1)
+    fn = jax.jit(jax.grad(loss, argnums=argnums) if square else fwd)
     args = (jnp.asarray(U), jnp.asarray(grid))
     compiled = fn.lower(*args).compile()
     return lambda: jax.block_until_ready(compiled(*args))
@@ -120,12 +125,13 @@ def _child_runner(impl, workload, pass_name):
         return F.grid_sample(Ut, gt, **kw)
 
     return run
-  Ut.requires_grad_(True)
+  Ut.requires_grad_(not grid_only)
   gt.requires_grad_(True)
+  wrt = (gt,) if grid_only else (Ut, gt)
 
   def run():
     V = F.grid_sample(Ut, gt, **kw)
-    return torch.autograd.grad((V**2).sum(), (Ut, gt))
+    return torch.autograd.grad((V**2).sum(), wrt)
 
   return run
 
@@ -164,7 +170,7 @@ def main(args) -> None:
   load_start = os.getloadavg()
   rows = []
   for workload in workloads:
-    for pass_name in PASSES:
+    for pass_name in args.passes.split(","):
       samples = {impl: [] for impl in IMPLS}
       faults = {impl: [] for impl in IMPLS}
       for r in range(args.rounds):
@@ -259,6 +265,9 @@ def _parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--rounds", type=int, default=7, help="processes per library (default 7)")
   p.add_argument("--calls", type=int, default=41, help="timed calls per process (default 41)")
   p.add_argument("--workloads", default="mnist,images", help=f"of {','.join(WORKLOADS)}")
+  p.add_argument(
+    "--passes", default=DEFAULT_PASSES, help=f"of {','.join(PASSES)} (default {DEFAULT_PASSES})"
+  )
   p.add_argument("--out", default=os.path.join(HERE, "results"))
   p.add_argument("--no-save", action="store_true", help="print only")
   p.add_argument(

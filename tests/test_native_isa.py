@@ -8,13 +8,14 @@ the same order (no FMA), so the builds must agree bit for bit.
 ``STN_JAX_NATIVE_ISA=baseline`` / ``avx2`` caps a process at that build; this test runs
 the same calls in a process of each build and compares the bytes of ``V``, of both
 gradients of ``sum(V * R)`` (together, and each alone) and of the JVP, for bilinear,
-bicubic and nearest, images and volumes, float32 and float64, one, three and six channels,
-every padding and ``align_corners``, with grids that hold NaN, infinite, huge and
-exact-edge coordinates and images with NaN and infinite pixels, and bilinear with pixel
-coordinates (the deformation fields' path) of -0.0 over pixels of -0.0, where the sign a
-floor gives -0.0 shows in the sign of zero outputs. With the other tests (which check this
-CPU's build against the pure-JAX reference and the float32 forward against an emulation of
-its scalar loop), this puts the builds that other machines run under test here.
+bicubic and nearest, images and volumes, float32 and float64, one, three, six and eleven
+channels, every padding and ``align_corners``, with grids that hold NaN, infinite, huge
+and exact-edge coordinates and images with NaN and infinite pixels, and bilinear with
+pixel coordinates (the deformation fields' path) of -0.0 over pixels of -0.0, where the
+sign a floor gives -0.0 shows in the sign of zero outputs. With the other tests (which
+check this CPU's build against the pure-JAX reference and the float32 forward against an
+emulation of its scalar loop), this puts the builds that other machines run under test
+here.
 """
 
 import os
@@ -37,8 +38,9 @@ def _cases():
       for dtype in ("float32", "float64"):
         # Bilinear's vector paths depend on the channels (1; 3 on AVX-512; 2-8 on AVX2 in
         # the forward and the grid cotangent, 6 in 256-bit lanes; 3 in the unrolled dU
-        # scatter); the separable passes have no per-channel-count paths.
-        for channels in (1, 3, 6) if kernel == "bilinear" else (3,):
+        # scatter; more than 8 in the grid cotangent, eight at a time, 11 leaving a tail of
+        # 3); the separable passes have no per-channel-count paths.
+        for channels in (1, 3, 6, 11) if kernel == "bilinear" else (3,):
           yield kernel, dims, dtype, channels
 
 
