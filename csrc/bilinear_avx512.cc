@@ -432,16 +432,13 @@ void WithModes(const Pass& pass, const F& body) {
   }
 }
 
-const float* InF(const void* p) { return static_cast<const float*>(p); }
-float* OutF(void* p) { return static_cast<float*>(p); }
-
 void Fwd(const Pass& pass, const void* u, const void* grid, void* out) {
   if (!Applies(pass)) {
     avx2::kBilinear.fwd(pass, u, grid, out);
     return;
   }
   WithModes(pass, [&](auto padding, auto align, auto k) {
-    FwdPoints<padding, align, k>(pass, InF(u), InF(grid), OutF(out));
+    FwdPoints<padding, align, k>(pass, In<float>(u), In<float>(grid), Out<float>(out));
   });
 }
 
@@ -451,7 +448,8 @@ void GridVjp(const Pass& pass, const void* u, const void* grid, const void* ct, 
     return;
   }
   WithModes(pass, [&](auto padding, auto align, auto k) {
-    GridVjpPoints<padding, align, k>(pass, InF(u), InF(grid), InF(ct), OutF(dgrid));
+    GridVjpPoints<padding, align, k>(pass, In<float>(u), In<float>(grid), In<float>(ct),
+                                     Out<float>(dgrid));
   });
 }
 
@@ -461,8 +459,8 @@ void UVjp(const Pass& pass, const void* ct, const void* grid, void* du) {
     return;
   }
   WithModes(pass, [&](auto padding, auto align, auto k) {
-    VjpExamples<padding, align, k, false>(pass, nullptr, InF(grid), InF(ct), OutF(du),
-                                          nullptr);
+    VjpExamples<padding, align, k, false>(pass, nullptr, In<float>(grid), In<float>(ct),
+                                          Out<float>(du), nullptr);
   });
 }
 
@@ -473,8 +471,8 @@ void UGridVjp(const Pass& pass, const void* u, const void* grid, const void* ct,
     return;
   }
   WithModes(pass, [&](auto padding, auto align, auto k) {
-    VjpExamples<padding, align, k, true>(pass, InF(u), InF(grid), InF(ct), OutF(du),
-                                         OutF(dgrid));
+    VjpExamples<padding, align, k, true>(pass, In<float>(u), In<float>(grid), In<float>(ct),
+                                         Out<float>(du), Out<float>(dgrid));
   });
 }
 
