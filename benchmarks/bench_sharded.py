@@ -26,7 +26,6 @@ partitioning's overhead, not a speed-up.
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -47,6 +46,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 import stn_jax  # noqa: E402
 
@@ -101,7 +101,7 @@ def main(args) -> None:
   mesh = jax.make_mesh((4,), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
   batch = NamedSharding(mesh, P("batch"))
   lines = [
-    f"jax {jax.__version__}, {platform.processor() or platform.machine()}, "
+    f"jax {jax.__version__}, {cpu_model()}, "
     f"{args.threads} thread(s), {args.repeats} rounds, load average before: "
     f"{os.getloadavg()[0]:.2f}",
     "",
