@@ -23,10 +23,15 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define STN_HAVE_AVX2 1  // an AVX2 build of the passes exists, picked where the CPU has it
@@ -119,12 +124,31 @@ inline void WaitForChunks(ChunkState& state, int64_t chunks) {
   state.all_done.wait(lock, [&] { return state.done.load() == chunks; });
 }
 
+// The cores this process may run on: its CPU affinity when first asked, else what the
+// standard library reports. XLA sizes its pool from these, except that with several CPU
+// devices (`--xla_force_host_platform_device_count=4`) the pool has a thread per device
+// however few the cores; a pass split among more threads than cores only waits on helpers
+// that the OS has preempted (4 devices on one core: MNIST's sharded forward 1.26 -> 0.89
+// ms with the cap, benchmarks/README.md, the Zen 4 section).
+inline int64_t UsableCores() {
+  static const int64_t cores = [] {
+#if defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+      return std::max<int64_t>(1, CPU_COUNT(&set));
+    }
+#endif
+    return std::max<int64_t>(1, std::thread::hardware_concurrency());
+  }();
+  return cores;
+}
+
 template <typename F>
 void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t cost_per_item, const F& body) {
   if (n <= 0) return;
   constexpr int64_t kMinCostPerChunk = 1 << 15;  // about 10 us: below that, threads lose
   constexpr int64_t kChunksPerThread = 16;
-  int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  int64_t threads = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), UsableCores()));
   int64_t max_chunks = std::max<int64_t>(1, n * cost_per_item / kMinCostPerChunk);
   int64_t chunks = std::min<int64_t>({n, kChunksPerThread * threads, max_chunks});
   if (threads == 1 || chunks == 1) {
