@@ -29,6 +29,7 @@ import argparse
 import os
 import statistics
 import sys
+import threading
 import time
 
 
@@ -71,7 +72,7 @@ def main(args) -> None:
     "dgrid, V * R": (jax.grad(lambda u, g, r: jnp.sum(sample(u, g) * r), 1), (U, grid, R)),
     "fwd+dgrid, V ** 2": (jax.grad(lambda u, g: jnp.sum(sample(u, g) ** 2), 1), (U, grid)),
   }
-  caller = __import__("threading").get_native_id()
+  caller = threading.get_native_id()  # the thread that calls the programs
   print(f"{args.workload} {shape} -> {out_hw}, {args.threads} thread(s), {args.calls} calls")
   print(f"{'program':20s} {'ms':>8s} {'CPU ms/call':>12s} {'on caller':>10s} {'preempted':>10s}")
   for name, (fn, fn_args) in programs.items():
