@@ -28,7 +28,6 @@ are cores).
 import argparse
 import os
 import statistics
-import sys
 import threading
 import time
 
@@ -97,7 +96,6 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--threads", type=int, default=2)
   p.add_argument("--calls", type=int, default=1001)
