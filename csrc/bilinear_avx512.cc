@@ -341,13 +341,13 @@ bool Applies(const Pass& pass) {
          !(pass.align_corners && !us.pixels && (us.spatial[0] == 1 || us.spatial[1] == 1));
 }
 
-// Calls run(example, first point, count) over the grid's rows, split among the pool's
+// Calls run(example, first point, count) over the grid's rows, split among the pass's
 // threads: each call one example's contiguous run of rows (grid points and outputs).
 // `cost`: the estimated work per point.
 template <typename F>
 void ForRowRuns(const Pass& pass, int64_t cost, const F& run) {
   const Rows rows = GridRows(pass.grid);
-  ParallelFor(*pass.pool, rows.count, rows.length * cost, [&](int64_t begin, int64_t end) {
+  ParallelFor(pass.workers, rows.count, rows.length * cost, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end;) {
       const int64_t example = r / rows.per_example;
       const int64_t stop = std::min(end, (example + 1) * rows.per_example);
@@ -394,7 +394,7 @@ void VjpExamples(const Pass& pass, const float* u, const float* grid, const floa
   const float limit = static_cast<float>(pass.coord_limit);
   // UGridVjpImpl's and UVjpImpl's estimates
   constexpr int64_t kCostPerPoint = Dgrid ? 16 + 14 * K : 16 + 8 * K;
-  ParallelFor(*pass.pool, pass.grid.batch, points * kCostPerPoint, [&](int64_t begin,
+  ParallelFor(pass.workers, pass.grid.batch, points * kCostPerPoint, [&](int64_t begin,
                                                                          int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       float* image_du = du + n * geo.elements;

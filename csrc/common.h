@@ -69,9 +69,16 @@ struct Shape {
   }
 };
 
+// The threads a pass may split its work among: XLA's intra-op pool, and how many of its
+// threads to use (MakeWorkers).
+struct Workers {
+  ffi::ThreadPool* pool;
+  int64_t threads;
+};
+
 // What a pass needs besides its arrays: checked by the FFI handlers (ffi_handlers.cc).
 struct Pass {
-  ffi::ThreadPool* pool;
+  Workers workers;
   ffi::DataType dtype;  // F32 or F64, shared by every array
   int32_t padding;      // a padding code above
   bool align_corners;
@@ -127,9 +134,7 @@ inline void WaitForChunks(ChunkState& state, int64_t chunks) {
 // The cores this process may run on: its CPU affinity when first asked, else what the
 // standard library reports. XLA sizes its pool from these, except that with several CPU
 // devices (`--xla_force_host_platform_device_count=4`) the pool has a thread per device
-// however few the cores; a pass split among more threads than cores only waits on helpers
-// that the OS has preempted (4 devices on one core: MNIST's sharded forward 1.26 -> 0.89
-// ms with the cap, benchmarks/README.md, the Zen 4 section).
+// however few the cores.
 inline int64_t UsableCores() {
   static const int64_t cores = [] {
 #if defined(__linux__)
@@ -143,12 +148,23 @@ inline int64_t UsableCores() {
   return cores;
 }
 
+// A pass's threads: the pool's, but no more than its share of the process's cores, which
+// `parallel_calls` calls of the kernels share at once (the shards of a sharded run that
+// this process's devices run together; 1 otherwise). A pass split among more threads than
+// it has cores only waits on helpers that the OS has preempted: 4 devices on two cores,
+// MNIST's sharded forward 0.51 -> 0.42 ms with each shard on one thread (benchmarks/README.md,
+// "Sharded runs"); 4 devices on one core, 1.26 -> 0.89 ms with the cap at the cores.
+inline Workers MakeWorkers(ffi::ThreadPool& pool, int64_t parallel_calls) {
+  const int64_t share = UsableCores() / std::max<int64_t>(1, parallel_calls);
+  return Workers{&pool, std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), share))};
+}
+
 template <typename F>
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t cost_per_item, const F& body) {
+void ParallelFor(const Workers& workers, int64_t n, int64_t cost_per_item, const F& body) {
   if (n <= 0) return;
   constexpr int64_t kMinCostPerChunk = 1 << 15;  // about 10 us: below that, threads lose
   constexpr int64_t kChunksPerThread = 16;
-  int64_t threads = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), UsableCores()));
+  const int64_t threads = workers.threads;
   int64_t max_chunks = std::max<int64_t>(1, n * cost_per_item / kMinCostPerChunk);
   int64_t chunks = std::min<int64_t>({n, kChunksPerThread * threads, max_chunks});
   if (threads == 1 || chunks == 1) {
@@ -166,7 +182,9 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t cost_per_item, const 
       }
     }
   };
-  for (int64_t t = 1; t < std::min(threads, chunks); ++t) pool.Schedule(decltype(run)(run));
+  for (int64_t t = 1; t < std::min(threads, chunks); ++t) {
+    workers.pool->Schedule(decltype(run)(run));
+  }
   run();
   WaitForChunks(*state, chunks);
 }

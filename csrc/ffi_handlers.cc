@@ -11,7 +11,9 @@
 //
 // The Python side (stn_jax/_src/native.py) passes the padding as its code in
 // gather.PADDING_CODES (common.h's constants) and the coordinate clamp gather.COORD_LIMIT
-// as an attribute, so that limit has one source.
+// as an attribute, so that limit has one source; and `parallel_calls`, how many calls of
+// the kernels this process runs at once (a sharded run's local shards; 1 otherwise), which
+// caps the threads each call splits its work among (MakeWorkers).
 
 #include "passes.h"
 
@@ -154,13 +156,15 @@ void FillZero(ffi::AnyBuffer buffer) {
 }
 
 Pass MakePass(ffi::ThreadPool& pool, ffi::DataType dtype, int32_t padding, bool align_corners,
-              const Shape& image, const Shape& grid, double coord_limit) {
-  return Pass{&pool, dtype, padding, align_corners, image, grid, coord_limit};
+              const Shape& image, const Shape& grid, double coord_limit,
+              int64_t parallel_calls) {
+  return Pass{MakeWorkers(pool, parallel_calls), dtype, padding, align_corners, image, grid,
+              coord_limit};
 }
 
 ffi::Error Fwd(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
                ffi::Result<ffi::AnyBuffer> out, int32_t padding, bool align_corners,
-               bool pixels, double coord_limit) {
+               bool pixels, double coord_limit, int64_t parallel_calls) {
   int dims;
   Shape us, gs, os;
   STN_RETURN_IF_ERROR(CheckPadding(padding));
@@ -177,14 +181,15 @@ ffi::Error Fwd(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
     FillZero(*out);
     return ffi::Error::Success();
   }
-  Bilinear().fwd(MakePass(pool, u.element_type(), padding, align_corners, us, gs, coord_limit),
+  Bilinear().fwd(MakePass(pool, u.element_type(), padding, align_corners, us, gs, coord_limit,
+                          parallel_calls),
                  u.untyped_data(), grid.untyped_data(), out->untyped_data());
   return ffi::Error::Success();
 }
 
 ffi::Error GridJvp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
                    ffi::AnyBuffer dgrid, ffi::Result<ffi::AnyBuffer> out, int32_t padding,
-                   bool align_corners, bool pixels, double coord_limit) {
+                   bool align_corners, bool pixels, double coord_limit, int64_t parallel_calls) {
   int dims;
   Shape us, gs, ds, os;
   STN_RETURN_IF_ERROR(CheckPadding(padding));
@@ -205,14 +210,15 @@ ffi::Error GridJvp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
     return ffi::Error::Success();
   }
   Bilinear().grid_jvp(
-      MakePass(pool, u.element_type(), padding, align_corners, us, gs, coord_limit),
+      MakePass(pool, u.element_type(), padding, align_corners, us, gs, coord_limit,
+               parallel_calls),
       u.untyped_data(), grid.untyped_data(), dgrid.untyped_data(), out->untyped_data());
   return ffi::Error::Success();
 }
 
 ffi::Error GridVjp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid, ffi::AnyBuffer ct,
                    ffi::Result<ffi::AnyBuffer> dgrid, int32_t padding, bool align_corners,
-                   bool pixels, double coord_limit) {
+                   bool pixels, double coord_limit, int64_t parallel_calls) {
   int dims;
   Shape us, gs, cs, ds;
   STN_RETURN_IF_ERROR(CheckPadding(padding));
@@ -233,14 +239,15 @@ ffi::Error GridVjp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid, 
     return ffi::Error::Success();
   }
   Bilinear().grid_vjp(
-      MakePass(pool, u.element_type(), padding, align_corners, us, gs, coord_limit),
+      MakePass(pool, u.element_type(), padding, align_corners, us, gs, coord_limit,
+               parallel_calls),
       u.untyped_data(), grid.untyped_data(), ct.untyped_data(), dgrid->untyped_data());
   return ffi::Error::Success();
 }
 
 ffi::Error UVjp(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer grid,
                 ffi::Result<ffi::AnyBuffer> du, int32_t padding, bool align_corners,
-                bool pixels, double coord_limit) {
+                bool pixels, double coord_limit, int64_t parallel_calls) {
   int dims;
   Shape cs, gs, us;
   STN_RETURN_IF_ERROR(CheckPadding(padding));
@@ -254,7 +261,8 @@ ffi::Error UVjp(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer grid,
   STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), grid.element_type()));
   STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), du->element_type()));
   if (EmptyImage(us)) return ffi::Error::Success();  // dU has no elements
-  Bilinear().u_vjp(MakePass(pool, ct.element_type(), padding, align_corners, us, gs, coord_limit),
+  Bilinear().u_vjp(MakePass(pool, ct.element_type(), padding, align_corners, us, gs,
+                            coord_limit, parallel_calls),
                    ct.untyped_data(), grid.untyped_data(), du->untyped_data());
   return ffi::Error::Success();
 }
@@ -266,7 +274,7 @@ ffi::Error UVjp(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer grid,
 ffi::Error UGridVjp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
                     ffi::AnyBuffer ct, ffi::Result<ffi::AnyBuffer> du,
                     ffi::Result<ffi::AnyBuffer> dgrid, int32_t padding, bool align_corners,
-                    bool pixels, double coord_limit) {
+                    bool pixels, double coord_limit, int64_t parallel_calls) {
   int dims;
   Shape us, gs, cs, dus, ds;
   STN_RETURN_IF_ERROR(CheckPadding(padding));
@@ -292,9 +300,9 @@ ffi::Error UGridVjp(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
     return ffi::Error::Success();  // dU has no elements
   }
   const Pass pass = MakePass(pool, u.element_type(), padding, align_corners, us, gs,
-                             coord_limit);
+                             coord_limit, parallel_calls);
   const BilinearPasses& passes = Bilinear();
-  if (pool.num_threads() <= 1 || gs.batch >= pool.num_threads()) {
+  if (pass.workers.threads <= 1 || gs.batch >= pass.workers.threads) {
     passes.u_grid_vjp(pass, u.untyped_data(), grid.untyped_data(), ct.untyped_data(),
                       du->untyped_data(), dgrid->untyped_data());
   } else {
@@ -316,7 +324,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearFwd, Fwd,
                                   .Attr<int32_t>("padding")
                                   .Attr<bool>("align_corners")
                                   .Attr<bool>("pixels")
-                                  .Attr<double>("coord_limit"));
+                                  .Attr<double>("coord_limit")
+                                  .Attr<int64_t>("parallel_calls"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearGridJvp, GridJvp,
                               ffi::Ffi::Bind()
@@ -328,7 +337,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearGridJvp, GridJvp,
                                   .Attr<int32_t>("padding")
                                   .Attr<bool>("align_corners")
                                   .Attr<bool>("pixels")
-                                  .Attr<double>("coord_limit"));
+                                  .Attr<double>("coord_limit")
+                                  .Attr<int64_t>("parallel_calls"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearGridVjp, GridVjp,
                               ffi::Ffi::Bind()
@@ -340,7 +350,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearGridVjp, GridVjp,
                                   .Attr<int32_t>("padding")
                                   .Attr<bool>("align_corners")
                                   .Attr<bool>("pixels")
-                                  .Attr<double>("coord_limit"));
+                                  .Attr<double>("coord_limit")
+                                  .Attr<int64_t>("parallel_calls"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearUVjp, UVjp,
                               ffi::Ffi::Bind()
@@ -351,7 +362,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearUVjp, UVjp,
                                   .Attr<int32_t>("padding")
                                   .Attr<bool>("align_corners")
                                   .Attr<bool>("pixels")
-                                  .Attr<double>("coord_limit"));
+                                  .Attr<double>("coord_limit")
+                                  .Attr<int64_t>("parallel_calls"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearUGridVjp, UGridVjp,
                               ffi::Ffi::Bind()
@@ -364,7 +376,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StnBilinearUGridVjp, UGridVjp,
                                   .Attr<int32_t>("padding")
                                   .Attr<bool>("align_corners")
                                   .Attr<bool>("pixels")
-                                  .Attr<double>("coord_limit"));
+                                  .Attr<double>("coord_limit")
+                                  .Attr<int64_t>("parallel_calls"));
 
 // ---------------------------------------------------------------------------------------
 // Bicubic / tricubic (Keys, a = -0.75, per-tap padding) and nearest: the passes of
@@ -384,7 +397,7 @@ ffi::Error CheckAttributes(int32_t padding, double coord_limit, const ffi::AnyBu
 template <int K>
 ffi::Error SeparableFwd(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
                         ffi::Result<ffi::AnyBuffer> out, int32_t padding, bool align_corners,
-                        bool pixels, double coord_limit) {
+                        bool pixels, double coord_limit, int64_t parallel_calls) {
   int dims;
   Shape us, gs, os;
   STN_RETURN_IF_ERROR(CheckAttributes(padding, coord_limit, grid, dims));
@@ -400,7 +413,8 @@ ffi::Error SeparableFwd(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer g
     return ffi::Error::Success();
   }
   Separable<K>().fwd(
-      MakePass(pool, u.element_type(), padding, align_corners, us, gs, coord_limit),
+      MakePass(pool, u.element_type(), padding, align_corners, us, gs, coord_limit,
+               parallel_calls),
       u.untyped_data(), grid.untyped_data(), out->untyped_data());
   return ffi::Error::Success();
 }
@@ -408,7 +422,7 @@ ffi::Error SeparableFwd(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer g
 template <int K>
 ffi::Error SeparableUVjp(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer grid,
                          ffi::Result<ffi::AnyBuffer> du, int32_t padding, bool align_corners,
-                         bool pixels, double coord_limit) {
+                         bool pixels, double coord_limit, int64_t parallel_calls) {
   int dims;
   Shape cs, gs, us;
   STN_RETURN_IF_ERROR(CheckAttributes(padding, coord_limit, grid, dims));
@@ -421,7 +435,8 @@ ffi::Error SeparableUVjp(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer
   STN_RETURN_IF_ERROR(CheckFloat(ct.element_type(), du->element_type()));
   if (EmptyImage(us)) return ffi::Error::Success();  // dU has no elements
   Separable<K>().u_vjp(
-      MakePass(pool, ct.element_type(), padding, align_corners, us, gs, coord_limit),
+      MakePass(pool, ct.element_type(), padding, align_corners, us, gs, coord_limit,
+               parallel_calls),
       ct.untyped_data(), grid.untyped_data(), du->untyped_data());
   return ffi::Error::Success();
 }
@@ -431,7 +446,8 @@ ffi::Error SeparableUVjp(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer
 template <bool Jvp>
 ffi::Error CubicGridPass(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer grid,
                          ffi::AnyBuffer third, ffi::Result<ffi::AnyBuffer> out, int32_t padding,
-                         bool align_corners, bool pixels, double coord_limit) {
+                         bool align_corners, bool pixels, double coord_limit,
+                         int64_t parallel_calls) {
   int dims;
   Shape us, gs, ts, os;
   STN_RETURN_IF_ERROR(CheckAttributes(padding, coord_limit, grid, dims));
@@ -451,7 +467,8 @@ ffi::Error CubicGridPass(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer 
   }
   const SeparablePasses& passes = Separable<kCubicTaps>();
   (Jvp ? passes.grid_jvp : passes.grid_vjp)(
-      MakePass(pool, u.element_type(), padding, align_corners, us, gs, coord_limit),
+      MakePass(pool, u.element_type(), padding, align_corners, us, gs, coord_limit,
+               parallel_calls),
       u.untyped_data(), grid.untyped_data(), third.untyped_data(), out->untyped_data());
   return ffi::Error::Success();
 }
@@ -466,7 +483,8 @@ ffi::Error CubicGridPass(ffi::ThreadPool pool, ffi::AnyBuffer u, ffi::AnyBuffer 
                                     .Attr<int32_t>("padding")                              \
                                     .Attr<bool>("align_corners")                           \
                                     .Attr<bool>("pixels")                                  \
-                                    .Attr<double>("coord_limit"))
+                                    .Attr<double>("coord_limit")                           \
+                                    .Attr<int64_t>("parallel_calls"))
 #define STN_TWO_ARRAYS .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
 #define STN_THREE_ARRAYS .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
 

@@ -60,6 +60,12 @@ def kernels_and_collectives(f, *args):
   return targets, collectives
 
 
+def parallel_calls(f, *args):
+  # The kernels' `parallel_calls` attributes: how many calls share the cores at once.
+  text = f.lower(*args).compile().as_text()
+  return sorted({int(n) for n in re.findall(r"parallel_calls = (\d+)", text)})
+
+
 arrays, out = {}, {}
 for case, (U, g, kernel) in inputs.items():
   sample = functools.partial(stn_jax.sample, kernel=kernel)
@@ -88,6 +94,11 @@ for case, (U, g, kernel) in inputs.items():
     out[f"{key}_shards"] = [sorted(s.data.shape[0] for s in r.addressable_shards) for r in results]
     out[f"{key}_hlo_fwd"] = kernels_and_collectives(fwd, us, gs)
     out[f"{key}_hlo_grad"] = kernels_and_collectives(grad, us, gs)
+    on_one = [jax.device_put(x, jax.devices()[0]) for x in (u, grid)]
+    out[f"{key}_calls"] = {
+      "sharded": parallel_calls(grad, us, gs),
+      "one device": parallel_calls(grad, *on_one),
+    }
     # One gradient: its single pass, also split over the batch (both: the fused pass).
     for argnums in (0, 1):
       one = jax.jit(jax.grad(loss, argnums))
@@ -128,6 +139,7 @@ for case, (U, g, kernel) in inputs.items():
     )
     arrays[f"{key}_shard_map"] = jax.jit(body)(u, grid)
     out[f"{key}_hlo_shard_map"] = kernels_and_collectives(jax.jit(body), u, grid)
+    out[f"{key}_calls"]["shard_map"] = parallel_calls(jax.jit(body), u, grid)
 
     # A batch the devices do not divide (3 of 4 examples): XLA pads the shards, and the
     # kernels' padded rows must not reach the real ones. Compared with one device here.
@@ -293,3 +305,11 @@ def test_one_image_with_sharded_grids_keeps_the_points_sharded(result, case):
   assert info[f"{case}_shared_equal"] == [True, True, True]
   assert info[f"{case}_shared_sharded"]
   assert info[f"{case}_hlo_shared"] == [GRAD_KERNELS[_kind(case)][:1], []]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_shard_splits_its_work_among_its_share_of_the_cores(result, case):
+  # The 4 devices' calls run at once on the process's cores, so each is told there are 4
+  # (and splits among cores / 4 threads); an unsharded call on one of them, 1.
+  info, _ = result
+  assert info[f"{case}_calls"] == {"sharded": [4], "one device": [1], "shard_map": [4]}

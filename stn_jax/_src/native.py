@@ -389,6 +389,9 @@ def _define(
       align_corners=bool(align_corners),
       pixels=bool(params.get("pixels", False)),
       coord_limit=limit,
+      # How many calls share the cores at once: 1 here; a sharded run's partitioning sets
+      # its local shards (partitioning.py), and each call splits among its share.
+      parallel_calls=np.int64(1),
     )
     if not _single_cpu_device():
       return _partitionable(name, symbol, ctx, args, attributes)

@@ -17,6 +17,11 @@ training step's pattern: a ``with_sharding_constraint`` on the batch), where a t
 no sharding that a trace-time ``shard_map`` could read. On one device, and in a fully
 manual ``shard_map`` body, the wrapper lowers straight to the FFI call.
 
+The devices of one process run their shards' calls at once on the process's cores, so
+each call carries their number (the FFI attribute ``parallel_calls``: the mesh's devices in
+this process, or the size of a ``shard_map`` body's manual axes) and splits its work among
+its share of the cores, never among more threads than it has cores.
+
 Spatial or channel sharding is gathered (the rule asks for it replicated) and the kernels
 then run on the whole of those axes; only the leading dimensions are split. Shardings that
 name no mesh (a bare ``GSPMDSharding``) cannot be read back into a batch spec: the call
@@ -25,6 +30,7 @@ then runs replicated, after a gather (correct, not fast).
 
 import dataclasses
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -159,9 +165,35 @@ def partition(call: KernelCall, mesh, arg_shapes: Sequence, result_shape):
   def sharding(role: str) -> NamedSharding:
     return NamedSharding(mesh, P(*(axes.get(f) for f in _factors(role, call))))
 
-  lower = functools.partial(_ffi, call)
+  # Every device of the mesh runs this call on its shard at once: those of this process
+  # share its cores, and each call splits its work among its share of them.
+  local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+  lower = functools.partial(_ffi, _with_parallel_calls(call, max(1, local)))
   out = sharding(results[0]) if len(results) == 1 else tuple(map(sharding, results))
   return mesh, lower, out, tuple(sharding(r) for r in operands)
+
+
+def _with_parallel_calls(call: KernelCall, count: int) -> KernelCall:
+  """``call`` with its ``parallel_calls`` attribute (how many calls of the kernels run at
+  once on this process's cores) set to ``count``."""
+  attributes = dict(call.attributes, parallel_calls=count)
+  return dataclasses.replace(call, attributes=tuple(sorted(attributes.items())))
+
+
+def manual_shards() -> int:
+  """How many devices of this process run the traced code at once: the size of the mesh
+  axes a ``shard_map`` body is manual over (at most the process's devices); 1 outside one.
+
+  >>> manual_shards()
+  1
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  manual = [
+    size
+    for size, kind in zip(mesh.axis_sizes, mesh.axis_types, strict=True)
+    if kind == jax.sharding.AxisType.Manual
+  ]
+  return max(1, min(math.prod(manual), jax.local_device_count("cpu")))
 
 
 @functools.partial(custom_partitioning, static_argnums=(0,))
@@ -190,4 +222,4 @@ def kernel_call(target: str, name: str, arrays: Sequence[jax.Array], result, **a
     dtype=str(dtype),
     attributes=tuple(sorted(attributes.items())),
   )
-  return _kernel(call, *arrays)
+  return _kernel(_with_parallel_calls(call, manual_shards()), *arrays)
