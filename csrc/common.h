@@ -152,8 +152,8 @@ inline int64_t UsableCores() {
 // `parallel_calls` calls of the kernels share at once (the shards of a sharded run that
 // this process's devices run together; 1 otherwise). A pass split among more threads than
 // it has cores only waits on helpers that the OS has preempted: 4 devices on two cores,
-// MNIST's sharded forward 0.51 -> 0.42 ms with each shard on one thread (benchmarks/README.md,
-// "Sharded runs"); 4 devices on one core, 1.26 -> 0.89 ms with the cap at the cores.
+// MNIST's sharded forward 0.51 -> 0.42 ms with each shard on one thread; 4 devices on one
+// core, 1.26 -> 0.89 ms with the cap at the cores (benchmarks/README.md, the Zen 4 section).
 inline Workers MakeWorkers(ffi::ThreadPool& pool, int64_t parallel_calls) {
   const int64_t share = UsableCores() / std::max<int64_t>(1, parallel_calls);
   return Workers{&pool, std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), share))};

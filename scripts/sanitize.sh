@@ -110,7 +110,7 @@ cd "$ROOT"
 #   SANITIZE_TESTS="tests/test_native_fuzz.py" scripts/sanitize.sh
 DEFAULT_TESTS="tests/test_sanitizers.py
   tests/test_native.py tests/test_native_volumes.py tests/test_native_fuzz.py
-  tests/test_hostile_inputs.py
+  tests/test_hostile_inputs.py tests/test_sharded_kernels.py
   tests/test_sampling.py::test_nan_coordinates_read_zero_in_every_mode_with_zero_gradient
   tests/test_sampling.py::test_infinite_and_huge_coordinates
   tests/test_sampling.py::test_empty_image_and_empty_grid
