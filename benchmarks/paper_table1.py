@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from machine import cpu_model  # benchmarks/machine.py, beside this script
 
 from stn_jax.digits import cli, datasets, train
 
@@ -149,16 +150,9 @@ def machine_info() -> dict[str, Any]:
     usable = len(os.sched_getaffinity(0))
   except AttributeError:
     usable = os.cpu_count()
-  cpu_model = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    cpu_model = names[0] if names else cpu_model
-  except OSError:
-    pass
   return {
     "platform": platform.platform(),
-    "cpu_model": cpu_model,
+    "cpu_model": cpu_model(),
     "cpu_count": os.cpu_count(),
     "usable_cpus": usable,
     "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
