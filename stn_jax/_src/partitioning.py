@@ -207,7 +207,10 @@ _kernel.def_partition(partition=partition, sharding_rule=sharding_rule)
 def kernel_call(target: str, name: str, arrays: Sequence[jax.Array], result, **attributes):
   """The FFI call ``target`` (kernel pass ``name``) on ``arrays``, partitionable over their
   leading dims. The grid is ``arrays[1]``; its last axis gives the number of spatial axes.
-  ``result``: a ``jax.ShapeDtypeStruct``, or a tuple of them for a pass with several."""
+  ``result``: a ``jax.ShapeDtypeStruct``, or a tuple of them for a pass with several.
+  ``parallel_calls`` is set here (a ``shard_map`` body's shards) and again by
+  :func:`partition` for the calls it splits."""
+  attributes = dict(attributes, parallel_calls=manual_shards())
   ndim = arrays[1].shape[-1]
   lead = arrays[1].ndim - ndim - 1
   several = isinstance(result, tuple)
@@ -222,4 +225,4 @@ def kernel_call(target: str, name: str, arrays: Sequence[jax.Array], result, **a
     dtype=str(dtype),
     attributes=tuple(sorted(attributes.items())),
   )
-  return _kernel(_with_parallel_calls(call, manual_shards()), *arrays)
+  return _kernel(call, *arrays)
