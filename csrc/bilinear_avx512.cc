@@ -1,7 +1,8 @@
 // The float32 bilinear forward and backward passes (dgrid, dU, or both in one sweep) of
-// one- and three-channel images for CPUs with AVX-512: sixteen points per step, the
-// taps read by masked gathers, so a tap outside the image is never loaded and needs no
-// clipped offset. Batches of small images (MNIST-sized, one channel) and RGB images are
+// one- and three-channel images for CPUs with AVX-512: sixteen points per step. One
+// channel's taps are read as pairs of neighbours in a row (PairTaps16), three channels'
+// by masked gathers, so a tap outside the image is never loaded and needs no clipped
+// offset. Batches of small images (MNIST-sized, one channel) and RGB images are
 // bound by this per-point work, and PyTorch runs its 16-lane build on these CPUs. The
 // grid's forward derivative (grid_jvp), and the cases these leave (reflection padding,
 // align_corners with a one-pixel axis, float64, other channel counts, volumes), are the
@@ -73,6 +74,23 @@ inline Axis16 AxisTaps16(__m512 g, int64_t size, bool pixels, float limit) {
   a.w1 = _mm512_sub_ps(pos, f);
   a.i = _mm512_cvttps_epi32(f);
   return a;
+}
+
+// a + b and a * b with `a` as the first source operand. Where both are NaN, x86 returns
+// the first source's NaN, so its sign and payload follow the operand order; GCC takes
+// these operations as commutative and may swap the operands of _mm512_add_ps, as its
+// register allocation suits. The scalar loops put the left term first; so do these, where
+// both terms can be NaN (a tap value or a cotangent; the weights never are).
+inline __m512 AddInOrder(__m512 a, __m512 b) {
+  __m512 r;
+  asm("vaddps %2, %1, %0" : "=v"(r) : "v"(a), "v"(b));
+  return r;
+}
+
+inline __m512 MulInOrder(__m512 a, __m512 b) {
+  __m512 r;
+  asm("vmulps %2, %1, %0" : "=v"(r) : "v"(a), "v"(b));
+  return r;
 }
 
 // The lanes of `among` whose tap index `i` lies in [0, last], in one unsigned compare. A
@@ -200,6 +218,90 @@ inline void GatherTaps16(const float* image, const Points16& p, __m512i next, in
   v[3] = _mm512_mask_i32gather_ps(zero, p.keep[3], _mm512_add_epi32(p.bottom, next), base, 4);
 }
 
+// Two adjacent floats from p and two from q: (p[0] p[1] q[0] q[1]).
+inline __m128 LoadPairs(const float* p, const float* q) {
+  const __m128 low = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
+  return _mm_loadh_pi(low, reinterpret_cast<const __m64*>(q));
+}
+
+// GatherTaps16 for one channel, each row's two taps read as one 8-byte pair: 32 scalar
+// loads per sixteen points instead of four gathers, which are slow on AMD cores (the
+// AVX2 build's FwdRow8 does the same for eight points). A pair starts at the first tap's
+// x clamped to [0, W - 2] and its row clamped into the image, so both floats are in the
+// image; at the row ends a kept tap is then the pair's other float (the first tap at
+// x = W - 1 is the high one, the second at x0 = -1 the low one), and the taps not kept
+// are zeroed, as the gathers' masks zero them: the same values, the same bits. Needs
+// W >= 2.
+inline void PairTaps16(const float* image, const Points16& p, const Geometry<2>& geo,
+                       __m512i row, __m512* v) {
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i last_x = _mm512_set1_epi32(static_cast<int32_t>(geo.size[0] - 1));
+  const __m512i last_y = _mm512_set1_epi32(static_cast<int32_t>(geo.size[1] - 1));
+  const __m512i x = _mm512_min_epi32(_mm512_max_epi32(p.x.i, zero), last_x);
+  const __mmask16 first_high = _mm512_cmpeq_epi32_mask(x, last_x);
+  const __mmask16 second_low = _mm512_cmplt_epi32_mask(p.x.i, zero);
+  const __m512i start_x = _mm512_mask_sub_epi32(x, first_high, x, one);
+  const __m512i y0 = _mm512_min_epi32(_mm512_max_epi32(p.y.i, zero), last_y);
+  const __m512i y1 =
+      _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(p.y.i, one), zero), last_y);
+  alignas(64) int32_t start[2][16];
+  _mm512_store_si512(start[0], _mm512_add_epi32(_mm512_mullo_epi32(y0, row), start_x));
+  _mm512_store_si512(start[1], _mm512_add_epi32(_mm512_mullo_epi32(y1, row), start_x));
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                         28, 30);
+  const __m512i odd = _mm512_add_epi32(even, one);
+  for (int s = 0; s < 2; ++s) {
+    const int32_t* q = start[s];
+    __m512 half[2];  // the pairs of points 0-7, then 8-15
+    for (int h = 0; h < 2; ++h) {
+      const int32_t* r = q + 8 * h;
+      const __m256 low = _mm256_set_m128(LoadPairs(image + r[2], image + r[3]),
+                                         LoadPairs(image + r[0], image + r[1]));
+      const __m256 high = _mm256_set_m128(LoadPairs(image + r[6], image + r[7]),
+                                          LoadPairs(image + r[4], image + r[5]));
+      half[h] = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(low)),
+                                                       _mm256_castps_pd(high), 1));
+    }
+    const __m512 a = _mm512_permutex2var_ps(half[0], even, half[1]);
+    const __m512 b = _mm512_permutex2var_ps(half[0], odd, half[1]);
+    v[2 * s] = _mm512_maskz_mov_ps(p.keep[2 * s], _mm512_mask_blend_ps(first_high, a, b));
+    v[2 * s + 1] =
+        _mm512_maskz_mov_ps(p.keep[2 * s + 1], _mm512_mask_blend_ps(second_low, b, a));
+  }
+}
+
+}  // namespace
+
+// Whether one channel's taps are read as pairs (PairTaps16) rather than gathered: on AMD
+// cores, where the pairs took 0.50 ms against the gathers' 0.63 for MNIST's forward (one
+// Zen 4 thread, medians of 6 processes); Intel's AVX-512 cores gather fast
+// (benchmarks/README.md). STN_JAX_NATIVE_TAPS=pairs or gathers (read once) overrides the
+// choice, so that the tests run both on any CPU.
+bool PairTaps() {
+  static const bool pairs = [] {
+    const char* taps = std::getenv("STN_JAX_NATIVE_TAPS");
+    if (taps != nullptr && std::strcmp(taps, "pairs") == 0) return true;
+    if (taps != nullptr && std::strcmp(taps, "gathers") == 0) return false;
+    return __builtin_cpu_is("amd") != 0;
+  }();
+  return pairs;
+}
+
+namespace {
+
+// The four taps of sixteen points in channel k of K (0 where not read): as pairs for one
+// channel where `pairs` (PairTaps() and rows of two pixels or more), else gathered.
+template <int K>
+inline void ReadTaps16(const float* image, const Points16& p, const Geometry<2>& geo,
+                       __m512i row, __m512i next, bool pairs, int k, __m512* v) {
+  if (K == 1 && pairs) {
+    PairTaps16(image, p, geo, row, v);
+  } else {
+    GatherTaps16(image, p, next, k, v);
+  }
+}
+
 // V of points [0, count) of one example's image of K channels (1 or 3). `geo` comes by
 // value here and in VjpRun: a copy no store can alias, so the compiler keeps its
 // per-axis constants out of the loop rather than reloading them for every sixteen points.
@@ -209,6 +311,7 @@ void FwdRun(const float* image, const float* grid, int64_t count, Geometry<2> ge
   static_assert(K == 1 || K == 3);
   const __m512i row = _mm512_set1_epi32(geo.stride[1]);
   const __m512i next = _mm512_set1_epi32(geo.stride[0]);  // K
+  const bool pairs = K == 1 && geo.size[0] >= 2 && PairTaps();
   for (int64_t j = 0; j < count; j += 16) {
     const int64_t rest = std::min<int64_t>(16, count - j);
     const Points16 p = LoadPoints16<Padding, Align>(grid + 2 * j, rest, geo, limit, row, next,
@@ -216,11 +319,11 @@ void FwdRun(const float* image, const float* grid, int64_t count, Geometry<2> ge
     __m512 v[K];
     for (int k = 0; k < K; ++k) {
       __m512 t[4];
-      GatherTaps16(image, p, next, k, t);
+      ReadTaps16<K>(image, p, geo, row, next, pairs, k, t);
       // Interpolate: along x, then y.
-      const __m512 h0 = _mm512_add_ps(_mm512_mul_ps(t[0], p.x.w0), _mm512_mul_ps(t[1], p.x.w1));
-      const __m512 h1 = _mm512_add_ps(_mm512_mul_ps(t[2], p.x.w0), _mm512_mul_ps(t[3], p.x.w1));
-      v[k] = _mm512_add_ps(_mm512_mul_ps(h0, p.y.w0), _mm512_mul_ps(h1, p.y.w1));
+      const __m512 h0 = AddInOrder(_mm512_mul_ps(t[0], p.x.w0), _mm512_mul_ps(t[1], p.x.w1));
+      const __m512 h1 = AddInOrder(_mm512_mul_ps(t[2], p.x.w0), _mm512_mul_ps(t[3], p.x.w1));
+      v[k] = AddInOrder(_mm512_mul_ps(h0, p.y.w0), _mm512_mul_ps(h1, p.y.w1));
     }
     if constexpr (K == 1) {
       _mm512_mask_storeu_ps(out + j, p.points, v[0]);
@@ -238,8 +341,9 @@ void FwdRun(const float* image, const float* grid, int64_t count, Geometry<2> ge
 // the channels' ct * AxisSlope summed in channel order from 0, times the slope where it is
 // not 0, as GridVjpBlock does.
 template <int K>
-inline void GridVjp16(const float* image, const Points16& p, __m512i next, const __m512* g,
-                      int64_t rest, float* out) {
+inline void GridVjp16(const float* image, const Points16& p, const Geometry<2>& geo,
+                      __m512i row, __m512i next, bool pairs, const __m512* g, int64_t rest,
+                      float* out) {
   // (x, y) pairs of sixteen points: lanes 0-7 of both vectors, then lanes 8-15.
   const __m512i pairs_low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6,
                                               22, 7, 23);
@@ -247,14 +351,14 @@ inline void GridVjp16(const float* image, const Points16& p, __m512i next, const
   __m512 sx = _mm512_setzero_ps(), sy = _mm512_setzero_ps();
   for (int k = 0; k < K; ++k) {
     __m512 v[4];
-    GatherTaps16(image, p, next, k, v);
+    ReadTaps16<K>(image, p, geo, row, next, pairs, k, v);
     // AxisSlope along x (differences along x, then the y weights) and along y.
-    const __m512 ax = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v[1], v[0]), p.y.w0),
-                                    _mm512_mul_ps(_mm512_sub_ps(v[3], v[2]), p.y.w1));
-    const __m512 ay = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v[2], v[0]), p.x.w0),
-                                    _mm512_mul_ps(_mm512_sub_ps(v[3], v[1]), p.x.w1));
-    sx = _mm512_add_ps(sx, _mm512_mul_ps(g[k], ax));
-    sy = _mm512_add_ps(sy, _mm512_mul_ps(g[k], ay));
+    const __m512 ax = AddInOrder(_mm512_mul_ps(_mm512_sub_ps(v[1], v[0]), p.y.w0),
+                                 _mm512_mul_ps(_mm512_sub_ps(v[3], v[2]), p.y.w1));
+    const __m512 ay = AddInOrder(_mm512_mul_ps(_mm512_sub_ps(v[2], v[0]), p.x.w0),
+                                 _mm512_mul_ps(_mm512_sub_ps(v[3], v[1]), p.x.w1));
+    sx = AddInOrder(sx, MulInOrder(g[k], ax));
+    sy = AddInOrder(sy, MulInOrder(g[k], ay));
   }
   const __m512 dx = _mm512_maskz_mul_ps(p.readable & p.x.moving, sx, _mm512_set1_ps(p.x.slope));
   const __m512 dy = _mm512_maskz_mul_ps(p.readable & p.y.moving, sy, _mm512_set1_ps(p.y.slope));
@@ -313,6 +417,7 @@ void VjpRun(const float* image, const float* grid, const float* ct, int64_t coun
   static_assert(Du || Dgrid);
   const __m512i row = _mm512_set1_epi32(geo.stride[1]);
   const __m512i next = _mm512_set1_epi32(geo.stride[0]);  // K
+  const bool pairs = K == 1 && geo.size[0] >= 2 && PairTaps();
   for (int64_t j = 0; j < count; j += 16) {
     const int64_t rest = std::min<int64_t>(16, count - j);
     const Points16 p = LoadPoints16<Padding, Align>(grid + 2 * j, rest, geo, limit, row, next,
@@ -327,7 +432,7 @@ void VjpRun(const float* image, const float* grid, const float* ct, int64_t coun
       }
       Deinterleave3(pixels, g);
     }
-    if constexpr (Dgrid) GridVjp16<K>(image, p, next, g, rest, dgrid + 2 * j);
+    if constexpr (Dgrid) GridVjp16<K>(image, p, geo, row, next, pairs, g, rest, dgrid + 2 * j);
     if constexpr (Du) Scatter16<K>(p, geo, row, next, g, rest, du);
   }
 }

@@ -507,4 +507,14 @@ extern "C" const char* StnPassesIsa() {
   }
 }
 
+// How the AVX-512 passes read one channel's taps: "pairs" or "gathers" (native_status
+// says, where those passes run).
+extern "C" const char* StnOneChannelTaps() {
+#ifdef STN_HAVE_AVX2
+  return avx512::PairTaps() ? "pairs" : "gathers";
+#else
+  return "gathers";
+#endif
+}
+
 }  // namespace stn_native

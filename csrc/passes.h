@@ -60,6 +60,8 @@ extern const SeparablePasses kNearest;
 // build's (bilinear_avx512.cc).
 namespace avx512 {
 extern const BilinearPasses kBilinear;
+// Whether their one-channel taps are read as pairs of neighbours in a row (else gathered).
+bool PairTaps();
 }  // namespace avx512
 #endif
 

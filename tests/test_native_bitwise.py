@@ -117,8 +117,8 @@ def test_forward_equals_the_scalar_loop_bitwise(rng, channels, padding_mode, ali
 def test_row_ends_bitwise(rng, channels, width, padding_mode, align_corners):
   # The one-channel AVX2 forward reads a row's two taps as one pair of floats starting at
   # the first tap clamped to [0, W - 2]: at x0 = W - 1 the kept tap is the pair's high
-  # float, at x0 = -1 the low one; the AVX-512 forward (one and three channels) masks its
-  # gathers at the ends instead. Points swept across each row end and past it, with NaN
+  # float, at x0 = -1 the low one. The AVX-512 passes read one channel's taps the same way
+  # (sixteen points at a time) and mask three channels' gathers at the ends instead. Points swept across each row end and past it, with NaN
   # and inf pixels beside the ends, so a wrong pick or an unmasked neighbour shows.
   u = rng.normal(size=(2, 4, width, channels)).astype(F)
   u[0, 1, 0, 0], u[0, 2, width - 1, -1], u[1, 0, 1, 0] = np.nan, np.inf, -np.inf

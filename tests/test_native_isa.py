@@ -115,13 +115,16 @@ def _run(out_path: str) -> None:
   np.savez(out_path, **results)
 
 
-def _outputs(tmp_path: pathlib.Path, isa: str | None) -> dict:
+def _outputs(tmp_path: pathlib.Path, isa: str | None, taps: str | None = None) -> dict:
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "STN_JAX_NATIVE": "1"}
   env.pop("XLA_FLAGS", None)  # one CPU device
   env.pop("STN_JAX_NATIVE_ISA", None)
+  env.pop("STN_JAX_NATIVE_TAPS", None)
   if isa:
     env["STN_JAX_NATIVE_ISA"] = isa
-  path = tmp_path / f"{isa or 'default'}.npz"
+  if taps:
+    env["STN_JAX_NATIVE_TAPS"] = taps
+  path = tmp_path / f"{isa or 'default'}_{taps or 'default'}.npz"
   proc = subprocess.run(
     [sys.executable, __file__, str(path)],
     cwd=ROOT,
@@ -158,7 +161,8 @@ def _differences(a: dict, b: dict) -> list[str]:
 
 
 def test_every_build_gives_the_same_bits(tmp_path):
-  """Baseline == AVX2 (every pass), and AVX2 == AVX-512 (its one/three-channel passes)."""
+  """Baseline == AVX2 (every pass), and AVX2 == AVX-512 (its one/three-channel passes, one
+  channel's taps read as pairs and by gathers)."""
   from stn_jax._src import native
 
   if not native.available():
@@ -175,6 +179,14 @@ def test_every_build_gives_the_same_bits(tmp_path):
   assert not differ, "baseline and AVX2 builds disagree:\n" + "\n".join(differ)
   differ = _differences(outputs["avx2"], outputs[None])
   assert not differ, "the AVX2 build and this CPU's default disagree:\n" + "\n".join(differ)
+  if _cpu_has("avx512f"):
+    # The AVX-512 passes read one channel's taps as pairs on AMD, by gathers elsewhere:
+    # the other way too, in a process of its own.
+    other = "gathers" if "STN_JAX_NATIVE_TAPS=pairs" in reasons[None] else "pairs"
+    taps = _outputs(tmp_path, None, other)
+    assert f"STN_JAX_NATIVE_TAPS={other}" in str(taps.pop("reason"))
+    differ = _differences(outputs["avx2"], taps)
+    assert not differ, f"the AVX2 build and AVX-512 with {other} disagree:\n" + "\n".join(differ)
   # The comparison has teeth: the cases hold finite values, NaN and inf, all of them, and
   # zeros of both signs.
   values = np.concatenate([a.ravel() for a in outputs[None].values()])

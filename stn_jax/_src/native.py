@@ -41,7 +41,10 @@ where the CPU has it; on CPUs with AVX-512 the float32 bilinear forward and back
 cotangents in one pass) of one- and three-channel images have 16-lane passes of their own.
 ``STN_JAX_NATIVE_ISA`` (read once, at the first load) caps the choice: ``baseline`` runs
 the baseline build, ``avx2`` the AVX2 build without the AVX-512 passes, which is how the
-tests check the builds other CPUs get (bit for bit the same).
+tests check the builds other CPUs get (bit for bit the same). The AVX-512 passes read one
+channel's taps as pairs of neighbours on AMD cores, where gathers are slow, and by gathers
+elsewhere; ``STN_JAX_NATIVE_TAPS=pairs`` or ``gathers`` (read once) picks either, the same
+bits.
 
 Bicubic (tricubic on volumes: Keys' cubic, ``a = -0.75``, per-tap padding) and nearest run
 through the same four primitives with a ``kernel`` parameter (``"bicubic"``, ``"nearest"``;
@@ -124,6 +127,8 @@ def _load_result() -> tuple[bool, str]:
       jax.ffi.register_ffi_target(symbol, jax.ffi.pycapsule(getattr(library, symbol)), "cpu")
     library.StnPassesIsa.restype = ctypes.c_char_p
     isa = library.StnPassesIsa().decode()
+    library.StnOneChannelTaps.restype = ctypes.c_char_p
+    taps = library.StnOneChannelTaps().decode()
   except Exception as error:  # a broken build or a jaxlib it does not fit: fall back, say so
     reason = (
       f"the compiled extension {path} is built but cannot be loaded "
@@ -135,7 +140,9 @@ def _load_result() -> tuple[bool, str]:
     return True, (
       f"the compiled kernels {path} are loaded, with the AVX2 build of their passes and "
       "the AVX-512 passes of the float32 bilinear forward and backward of one- and "
-      "three-channel images"
+      "three-channel images (one channel's taps read "
+      + ("as pairs of neighbours" if taps == "pairs" else "by gathers")
+      + f", STN_JAX_NATIVE_TAPS={taps})"
     )
   if isa == "avx2":
     return True, f"the compiled kernels {path} are loaded, with the AVX2 build of their passes"
