@@ -218,12 +218,6 @@ inline void GatherTaps16(const float* image, const Points16& p, __m512i next, in
   v[3] = _mm512_mask_i32gather_ps(zero, p.keep[3], _mm512_add_epi32(p.bottom, next), base, 4);
 }
 
-// Two adjacent floats from p and two from q: (p[0] p[1] q[0] q[1]).
-inline __m128 LoadPairs(const float* p, const float* q) {
-  const __m128 low = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
-  return _mm_loadh_pi(low, reinterpret_cast<const __m64*>(q));
-}
-
 // GatherTaps16 for one channel, each row's two taps read as one 8-byte pair: 32 scalar
 // loads per sixteen points instead of four gathers, which are slow on AMD cores (the
 // AVX2 build's FwdRow8 does the same for eight points). A pair starts at the first tap's
